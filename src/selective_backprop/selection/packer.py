@@ -1,0 +1,122 @@
+"""Packs kept examples into training batches of exactly `batch_size` rows, on the device."""
+
+from __future__ import annotations
+
+from typing import Iterator, Sequence
+
+import torch
+
+from selective_backprop.selection.readback import LaggedReader
+from selective_backprop.selection.rules import kept_first_order
+
+
+class BatchPacker:
+    """FIFO of kept examples in a device ring buffer; emits full batches, carries the remainder.
+
+    `add(tensors, mask)` appends the rows of `tensors` (all sharing dim 0) where `mask` is True,
+    in order, without a host sync: kept rows are sorted first and written at the device-side tail.
+    `pop_ready()` yields every full batch the host knows about (on CUDA the kept count is read one
+    `add` late, see LaggedReader). Every kept row is emitted exactly once, in arrival order.
+    """
+
+    def __init__(self, batch_size: int, lag: int | None = None):
+        self.batch_size = batch_size
+        self._lag = lag
+        self._buffers: list[torch.Tensor] | None = None
+        self._capacity = 0
+        self._appended: torch.Tensor | None = None   # device: rows ever appended
+        self._emitted = 0                            # host: rows ever emitted
+        self._reader: LaggedReader | None = None
+
+    # -- internals -----------------------------------------------------------------------------
+    def _allocate(self, tensors: Sequence[torch.Tensor], rows: int) -> None:
+        device = tensors[0].device
+        self._reader = LaggedReader(device, self._lag)
+        self._capacity = self.batch_size + (self._reader.lag + 2) * rows
+        self._buffers = [torch.empty((self._capacity, *t.shape[1:]), dtype=t.dtype, device=device)
+                         for t in tensors]
+        self._appended = torch.zeros((), dtype=torch.int64, device=device)
+
+    def _grow(self, rows: int) -> None:
+        """Make room for `rows` more rows than the current worst case (host-side sizes only)."""
+        need = self.batch_size + (self._reader.lag + 2) * rows
+        if need <= self._capacity:
+            return
+        live = self.drain_count()
+        old = self.peek_pending(live)
+        self._capacity = need + live
+        self._buffers = [torch.empty((self._capacity, *b.shape[1:]), dtype=b.dtype, device=b.device)
+                         for b in self._buffers]
+        self._emitted = 0
+        self._appended.zero_()
+        self._reader.reset(0)
+        if live:
+            self._write(old, torch.ones(live, dtype=torch.bool, device=old[0].device))
+
+    # -- public API ------------------------------------------------------------------------------
+    def add(self, tensors: Sequence[torch.Tensor], mask: torch.Tensor) -> None:
+        """Append the masked rows of `tensors` (same length as mask) to the queue."""
+        rows = mask.shape[0]
+        if rows == 0:
+            return
+        if self._buffers is None:
+            self._allocate(tensors, rows)
+        elif len(tensors) != len(self._buffers):
+            raise ValueError(f"packer got {len(tensors)} tensors per row, expected {len(self._buffers)}")
+        else:
+            self._grow(rows)
+        self._write(tensors, mask)
+
+    def _write(self, tensors: Sequence[torch.Tensor], mask: torch.Tensor) -> None:
+        rows = mask.shape[0]
+        order = kept_first_order(mask)
+        positions = (self._appended + torch.arange(rows, device=mask.device)) % self._capacity
+        for buf, t in zip(self._buffers, tensors):
+            buf.index_copy_(0, positions, t[order].to(buf.dtype))
+        self._appended += mask.sum()
+        self._reader.submit(self._appended)
+
+    def pop_ready(self) -> Iterator[list[torch.Tensor]]:
+        """Yield full batches of exactly batch_size rows that the host knows are queued."""
+        if self._reader is None:
+            return
+        while self._reader.value - self._emitted >= self.batch_size:
+            yield self._take(self.batch_size)
+
+    def drain_count(self) -> int:
+        """Number of queued rows (waits for pending device counts)."""
+        if self._reader is None:
+            return 0
+        return self._reader.drain() - self._emitted
+
+    def _take(self, rows: int) -> list[torch.Tensor]:
+        idx = (self._emitted + torch.arange(rows, device=self._buffers[0].device)) % self._capacity
+        self._emitted += rows
+        return [buf.index_select(0, idx) for buf in self._buffers]
+
+    def peek_pending(self, rows: int | None = None) -> list[torch.Tensor]:
+        """Copies of the queued rows, without removing them."""
+        rows = self.drain_count() if rows is None else rows
+        idx = (self._emitted + torch.arange(rows, device=self._buffers[0].device)) % self._capacity
+        return [buf.index_select(0, idx) for buf in self._buffers]
+
+    def flush(self) -> list[torch.Tensor] | None:
+        """Remove and return the queued remainder (fewer than batch_size rows after pop_ready), or None."""
+        rows = self.drain_count()
+        if rows == 0:
+            return None
+        return self._take(rows)
+
+    def state_dict(self) -> dict:
+        """The pending rows (a partial batch) as plain tensors."""
+        if self._buffers is None:
+            return {"pending": None}
+        return {"pending": [t.cpu() for t in self.peek_pending()]}
+
+    def load_state_dict(self, state: dict, device: torch.device | None = None) -> None:
+        self._buffers = None
+        self._emitted = 0
+        pending = state.get("pending")
+        if pending and pending[0].shape[0] > 0:
+            tensors = [t.to(device) if device is not None else t for t in pending]
+            self.add(tensors, torch.ones(tensors[0].shape[0], dtype=torch.bool, device=tensors[0].device))
