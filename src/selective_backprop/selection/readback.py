@@ -8,7 +8,7 @@ import torch
 
 
 class LaggedReader:
-    """Host view of a growing device counter, `lag` submissions behind on CUDA.
+    """Host view of a small device tensor (a counter, τ), `lag` submissions behind on CUDA.
 
     On CUDA each `submit` starts a non-blocking copy into pinned memory and records an event; the
     value becomes visible once `lag` newer submissions exist (by then the copy has long finished,
@@ -37,7 +37,7 @@ class LaggedReader:
         host, event = self._queue.popleft()
         if event is not None:
             event.synchronize()
-        self.value = int(host)
+        self.value = host.item()
 
     def drain(self) -> int:
         """Wait for every queued snapshot (one sync; for epoch ends and checkpoints)."""

@@ -1,0 +1,398 @@
+"""Which examples get trained on: Traditional, SB, Stale-SB, Kath18 and the uniform control.
+
+A strategy turns one epoch of the data source into training batches; the trainer decides how to
+train on them. Strategies count what they consider, forward and keep in `ctx.counters`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+import torch
+
+from selective_backprop.engine.source import Batch
+from selective_backprop.engine.timing import PhaseTimer
+from selective_backprop.errors import ConfigError
+from selective_backprop.selection import rules
+from selective_backprop.selection.packer import BatchPacker
+from selective_backprop.selection.readback import LaggedReader
+from selective_backprop.selection.selector import (LossSelector, SeededGenerator,
+                                                   per_example_cross_entropy, selection_forward)
+
+
+@dataclass
+class TrainBatch:
+    """Examples to train on; `weight` scales each example's loss (None = plain mean)."""
+
+    idx: torch.Tensor
+    x: torch.Tensor
+    y: torch.Tensor
+    weight: torch.Tensor | None = None
+    tag: str = ""
+
+
+@dataclass
+class Counters:
+    """Run counters: host ints where the host knows them, device tensors where it would have to sync."""
+
+    considered: int = 0
+    select_forwarded: int = 0
+    train_forwarded: int = 0
+    backpropped: int = 0
+    steps: int = 0
+    kept: Any = 0                     # device tensor or int: examples chosen for training
+
+    def add_kept(self, value) -> None:
+        self.kept = self.kept + value
+
+    def snapshot(self) -> dict[str, int]:
+        """Plain ints (reads the device counter once)."""
+        return {"considered": self.considered, "select_forwarded": self.select_forwarded,
+                "train_forwarded": self.train_forwarded, "backpropped": self.backpropped,
+                "steps": self.steps, "kept": int(self.kept)}
+
+    def load(self, state: dict[str, int]) -> None:
+        for key, value in state.items():
+            setattr(self, key, int(value))
+
+
+@dataclass
+class Context:
+    """What a strategy may use: the model, the data source, timing and counters."""
+
+    model: torch.nn.Module
+    source: Any
+    timer: PhaseTimer
+    counters: Counters
+    batch_size: int
+    device: torch.device
+    loss_fn: Callable = per_example_cross_entropy
+    extras: dict = field(default_factory=dict)
+
+    def select_forward(self, x: torch.Tensor, y: torch.Tensor, mode: str, precision: str):
+        """Selection forward (no grad), timed as `select_forward`; returns (losses, logits)."""
+        with self.timer.phase("select_forward"):
+            out = selection_forward(self.model, x, y, self.loss_fn, mode, precision)
+        self.counters.select_forwarded += x.shape[0]
+        return out
+
+
+class Strategy:
+    """Base: subclasses implement `epoch`; state is resumable through state_dict()."""
+
+    name = "base"
+
+    def __init__(self, cfg: Any, batch_size: int, seed: int):
+        self.cfg = cfg
+        self.batch_size = batch_size
+        self.seed = seed
+
+    def params(self) -> dict:
+        return {}
+
+    def epoch(self, epoch: int, ctx: Context) -> Iterator[TrainBatch]:
+        raise NotImplementedError
+
+    def after_train_step(self, batch: TrainBatch, losses: torch.Tensor, logits: torch.Tensor) -> None:
+        """Called with the training forward's per-example losses (detached)."""
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict, device: torch.device = torch.device("cpu")) -> None:
+        """Restore what state_dict() returned, placing tensors on `device`."""
+
+
+class Traditional(Strategy):
+    """Shuffle each epoch, train on every minibatch."""
+
+    name = "traditional"
+
+    def epoch(self, epoch: int, ctx: Context) -> Iterator[TrainBatch]:
+        for b in ctx.source.batches(ctx.source.permutation(epoch), self.batch_size, epoch):
+            ctx.counters.considered += b.x.shape[0]
+            ctx.counters.add_kept(b.x.shape[0])
+            yield TrainBatch(b.idx, b.x, b.y)
+
+
+def _get(cfg: Any, key: str, default: Any = None) -> Any:
+    value = cfg.get(key, default) if hasattr(cfg, "get") else getattr(cfg, key, default)
+    return default if value is None else value
+
+
+class _Packing(Strategy):
+    """Shared by SB, Stale-SB and Uniform: kept examples queue up and leave in full batches."""
+
+    def __init__(self, cfg: Any, batch_size: int, seed: int):
+        super().__init__(cfg, batch_size, seed)
+        self.beta, self.selectivity = rules.resolve_beta(_get(cfg, "beta"), _get(cfg, "selectivity"))
+        self.packer = BatchPacker(batch_size)
+
+    def _pack(self, b: Batch, mask: torch.Tensor) -> Iterator[TrainBatch]:
+        self.packer.add([b.idx, b.x, b.y], mask)
+        for idx, x, y in self.packer.pop_ready():
+            yield TrainBatch(idx, x, y)
+
+    def _train_on_chosen(self, chosen: torch.Tensor, epoch: int, ctx: Context) -> Iterator[TrainBatch]:
+        """Load, augment and pack only the chosen indices (no selection forward)."""
+        for b in ctx.source.batches(chosen, self.batch_size, epoch):
+            yield from self._pack(b, torch.ones(b.x.shape[0], dtype=torch.bool, device=b.x.device))
+
+    def state_dict(self) -> dict:
+        return {"packer": self.packer.state_dict()}
+
+    def load_state_dict(self, state: dict, device: torch.device = torch.device("cpu")) -> None:
+        self.packer.load_state_dict(state["packer"], device)
+
+
+class SelectiveBackprop(_Packing):
+    """SB (Alg. 1 + 2): selection forward, P = CDF(loss)^β over the last R losses, pack kept examples."""
+
+    name = "sb"
+
+    def __init__(self, cfg: Any, batch_size: int, seed: int):
+        super().__init__(cfg, batch_size, seed)
+        self.history = int(_get(cfg, "history", 1024))
+        self.prob_min = float(_get(cfg, "prob_min", 0.0))
+        self.select_batch_size = int(_get(cfg, "select_batch_size", batch_size))
+        self.select_mode = _get(cfg, "select_mode", "eval")
+        self.select_precision = _get(cfg, "select_precision", "fp32")
+        if self.select_batch_size < 1:
+            raise ConfigError(f"strategy.select_batch_size={self.select_batch_size}: must be >= 1")
+        self.selector = LossSelector(self.beta, self.history, self.prob_min, seed)
+
+    def params(self) -> dict:
+        return {"beta": self.beta, "selectivity": self.selectivity, "history": self.history,
+                "prob_min": self.prob_min, "select_batch_size": self.select_batch_size,
+                "select_mode": self.select_mode, "select_precision": self.select_precision}
+
+    def _select_pass(self, epoch: int, ctx: Context) -> Iterator[tuple[Batch, torch.Tensor, torch.Tensor]]:
+        for b in ctx.source.batches(ctx.source.permutation(epoch), self.select_batch_size, epoch):
+            losses, _ = ctx.select_forward(b.x, b.y, self.select_mode, self.select_precision)
+            mask, probs = self.selector.select(losses)
+            ctx.counters.considered += b.x.shape[0]
+            ctx.counters.add_kept(mask.sum())
+            yield b, mask, probs
+
+    def epoch(self, epoch: int, ctx: Context) -> Iterator[TrainBatch]:
+        for b, mask, _ in self._select_pass(epoch, ctx):
+            yield from self._pack(b, mask)
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "selector": self.selector.state_dict()}
+
+    def load_state_dict(self, state: dict, device: torch.device = torch.device("cpu")) -> None:
+        super().load_state_dict(state, device)
+        self.selector.load_state_dict(state["selector"])
+
+
+class StaleSB(SelectiveBackprop):
+    """Stale-SB: selection forwards only when epoch % n == 0; in between, the last probability decides."""
+
+    name = "stale_sb"
+
+    def __init__(self, cfg: Any, batch_size: int, seed: int):
+        super().__init__(cfg, batch_size, seed)
+        staleness = _get(cfg, "staleness", 3)
+        if isinstance(staleness, bool) or not isinstance(staleness, int) or staleness < 1:
+            raise ConfigError(f"strategy.staleness={staleness!r}: must be an integer >= 1")
+        self.staleness = staleness
+        self.prob_table: torch.Tensor | None = None
+
+    def params(self) -> dict:
+        return {**super().params(), "staleness": self.staleness}
+
+    def _tables(self, ctx: Context) -> None:
+        if self.prob_table is None:
+            self.prob_table = torch.ones(len(ctx.source), device=ctx.device)
+
+    def epoch(self, epoch: int, ctx: Context) -> Iterator[TrainBatch]:
+        self._tables(ctx)
+        if epoch % self.staleness == 0:
+            for b, mask, probs in self._select_pass(epoch, ctx):
+                self.prob_table[b.idx] = probs
+                yield from self._pack(b, mask)
+            return
+        order = ctx.source.permutation(epoch).to(ctx.device)
+        mask = rules.draw(self.prob_table[order], self.selector.generator.get(ctx.device))
+        ctx.counters.considered += order.shape[0]
+        ctx.counters.add_kept(mask.sum())
+        yield from self._train_on_chosen(order[mask], epoch, ctx)
+
+    def state_dict(self) -> dict:
+        table = None if self.prob_table is None else self.prob_table.cpu()
+        return {**super().state_dict(), "prob_table": table}
+
+    def load_state_dict(self, state: dict, device: torch.device = torch.device("cpu")) -> None:
+        super().load_state_dict(state, device)
+        table = state["prob_table"]
+        self.prob_table = None if table is None else table.to(device)
+
+
+class Uniform(_Packing):
+    """Control: each example kept with probability s regardless of its loss; only kept ones are loaded."""
+
+    name = "uniform"
+
+    def __init__(self, cfg: Any, batch_size: int, seed: int):
+        super().__init__(cfg, batch_size, seed)
+        self.generator = SeededGenerator(seed)
+
+    def params(self) -> dict:
+        return {"beta": self.beta, "selectivity": self.selectivity}
+
+    def epoch(self, epoch: int, ctx: Context) -> Iterator[TrainBatch]:
+        order = ctx.source.permutation(epoch).to(ctx.device)
+        probs = torch.full(order.shape, self.selectivity, device=ctx.device)
+        mask = rules.draw(probs, self.generator.get(ctx.device))
+        ctx.counters.considered += order.shape[0]
+        ctx.counters.add_kept(mask.sum())
+        yield from self._train_on_chosen(order[mask], epoch, ctx)
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "generator": self.generator.state_dict()}
+
+    def load_state_dict(self, state: dict, device: torch.device = torch.device("cpu")) -> None:
+        super().load_state_dict(state, device)
+        self.generator.load_state_dict(state["generator"])
+
+
+class _ExampleStream:
+    """Takes exactly k examples at a time from an iterator of batches (splitting and joining)."""
+
+    def __init__(self, batches: Iterator[Batch]):
+        self._batches = batches
+        self._pieces: list[Batch] = []
+        self._rows = 0
+
+    def take(self, k: int) -> Batch | None:
+        while self._rows < k:
+            piece = next(self._batches, None)
+            if piece is None:
+                break
+            self._pieces.append(piece)
+            self._rows += piece.x.shape[0]
+        if self._rows == 0:
+            return None
+        joined = Batch(*(torch.cat(parts) for parts in zip(*self._pieces)))
+        k = min(k, self._rows)
+        head = Batch(*(t[:k] for t in joined))
+        rest = Batch(*(t[k:] for t in joined))
+        self._pieces = [rest] if rest.x.shape[0] else []
+        self._rows -= k
+        return head
+
+
+class Kath18(Strategy):
+    """Katharopoulos & Fleuret 2018 with variable starting, as the paper ran it.
+
+    While τ ≤ τ_th: uniform minibatches of b, τ updated from their training-forward scores.
+    While τ > τ_th: presample B = b/s uniformly (with replacement), score them in inference mode,
+    update τ from those scores and train on b drawn with replacement, p ∝ score. Not sticky.
+    An epoch = N examples considered.
+    """
+
+    name = "kath18"
+
+    def __init__(self, cfg: Any, batch_size: int, seed: int):
+        super().__init__(cfg, batch_size, seed)
+        self.selectivity = float(_get(cfg, "selectivity", 1 / 3))
+        if not 0 < self.selectivity <= 1:
+            raise ConfigError(f"strategy.selectivity={self.selectivity}: must be in (0, 1]")
+        self.presample = int(round(batch_size / self.selectivity))
+        if self.presample <= batch_size:
+            raise ConfigError(f"strategy.selectivity={self.selectivity}: Kath18's presample ratio B/b = "
+                              f"{self.presample}/{batch_size} must be > 1 (use selectivity < 1)")
+        self.score = _get(cfg, "score", "loss")
+        if self.score not in ("loss", "gnorm"):
+            raise ConfigError(f"strategy.score={self.score!r}: must be 'loss' or 'gnorm'")
+        self.reweight = bool(_get(cfg, "reweight", False))
+        self.momentum = float(_get(cfg, "tau_momentum", 0.9))
+        self.select_mode = _get(cfg, "select_mode", "eval")
+        self.select_precision = _get(cfg, "select_precision", "fp32")
+        self.tau_th = rules.tau_threshold(self.presample, batch_size)
+        self.tau: torch.Tensor | None = None
+        self._tau_reader: LaggedReader | None = None
+        self.generator = SeededGenerator(seed)
+        self.importance_steps = 0
+        self.uniform_steps = 0
+
+    def params(self) -> dict:
+        return {"selectivity": self.selectivity, "presample": self.presample, "score": self.score,
+                "reweight": self.reweight, "tau_momentum": self.momentum, "tau_th": self.tau_th,
+                "select_mode": self.select_mode, "select_precision": self.select_precision}
+
+    def _scores(self, losses: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return losses if self.score == "loss" else rules.gradient_norm_scores(logits, y)
+
+    def _update_tau(self, scores: torch.Tensor) -> None:
+        estimate = rules.tau_estimate(scores)
+        if self.tau is None:
+            self.tau = torch.zeros((), device=scores.device)
+            self._tau_reader = LaggedReader(scores.device)
+        self.tau = self.momentum * self.tau + (1.0 - self.momentum) * estimate
+        self._tau_reader.submit(self.tau.to(torch.float64))
+
+    def gate_open(self) -> bool:
+        """τ > τ_th, as the host last saw τ (one update late on CUDA)."""
+        return self._tau_reader is not None and float(self._tau_reader.value) > self.tau_th
+
+    def epoch(self, epoch: int, ctx: Context) -> Iterator[TrainBatch]:
+        n = len(ctx.source)
+        stream = _ExampleStream(ctx.source.batches(ctx.source.with_replacement(epoch, n), self.batch_size, epoch))
+        while True:
+            if self.gate_open():
+                chunk = stream.take(self.presample)
+                if chunk is None:
+                    return
+                yield self._importance_batch(chunk, ctx)
+            else:
+                chunk = stream.take(self.batch_size)
+                if chunk is None:
+                    return
+                ctx.counters.considered += chunk.x.shape[0]
+                ctx.counters.add_kept(chunk.x.shape[0])
+                self.uniform_steps += 1
+                yield TrainBatch(chunk.idx, chunk.x, chunk.y, tag="uniform")
+
+    def _importance_batch(self, chunk: Batch, ctx: Context) -> TrainBatch:
+        losses, logits = ctx.select_forward(chunk.x, chunk.y, self.select_mode, self.select_precision)
+        scores = self._scores(losses, logits, chunk.y)
+        self._update_tau(scores)
+        positions, p = rules.importance_sample(scores, self.batch_size, self.generator.get(scores.device))
+        ctx.counters.considered += chunk.x.shape[0]
+        ctx.counters.add_kept(self.batch_size)
+        self.importance_steps += 1
+        weight = 1.0 / (chunk.x.shape[0] * p) if self.reweight else None
+        return TrainBatch(chunk.idx[positions], chunk.x[positions], chunk.y[positions], weight, tag="importance")
+
+    def after_train_step(self, batch: TrainBatch, losses: torch.Tensor, logits: torch.Tensor) -> None:
+        if batch.tag == "uniform":
+            self._update_tau(self._scores(losses, logits, batch.y))
+
+    def state_dict(self) -> dict:
+        tau = None if self.tau is None else float(self.tau)
+        return {"tau": tau, "generator": self.generator.state_dict(),
+                "importance_steps": self.importance_steps, "uniform_steps": self.uniform_steps}
+
+    def load_state_dict(self, state: dict, device: torch.device = torch.device("cpu")) -> None:
+        self.generator.load_state_dict(state["generator"])
+        self.importance_steps = int(state["importance_steps"])
+        self.uniform_steps = int(state["uniform_steps"])
+        if state["tau"] is not None:
+            self.tau = torch.tensor(state["tau"], device=device)
+            self._tau_reader = LaggedReader(self.tau.device, lag=0)
+            self._tau_reader.submit(self.tau.to(torch.float64))
+
+
+STRATEGIES: dict[str, type[Strategy]] = {
+    cls.name: cls for cls in (Traditional, SelectiveBackprop, StaleSB, Kath18, Uniform)}
+
+
+def build_strategy(cfg: Any, batch_size: int, seed: int) -> Strategy:
+    """The strategy named by `cfg.name`."""
+    name = _get(cfg, "name")
+    if name not in STRATEGIES:
+        raise ConfigError(f"strategy.name={name!r}: unknown; accepted: {', '.join(STRATEGIES)}")
+    return STRATEGIES[name](cfg, batch_size, seed)
