@@ -1,0 +1,408 @@
+"""The one loader of run records (``summary.json`` + ``metrics.jsonl``, see docs/run_record.md).
+
+Every table, figure and notebook goes through :func:`load_runs`. It walks the given paths
+recursively (Hydra multirun layout: ``<sweep>/<date>/<time>/<job>/``); a *run directory* is any
+directory holding a ``summary.json`` or a ``metrics.jsonl``.
+
+A run is **usable** when its ``summary.json`` exists and its ``status`` is ``completed`` or
+``budget``. Every other run (no ``summary.json``, status ``running`` / ``preempted`` /
+``diverged`` / ``failed``, unreadable files) is *incomplete/failed*: all of them are named,
+with their status, in ONE warning, and left out of ``runs`` and ``evals`` (they are kept in
+``RunSet.skipped`` for inspection only).
+
+A configuration is the set of runs sharing ``config_key`` (runs differing only in ``seed``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from selective_backprop.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+SUMMARY_FILE = "summary.json"
+METRICS_FILE = "metrics.jsonl"
+USABLE_STATUSES = ("completed", "budget")
+PHASES = ("data", "select_forward", "select", "train_forward", "backward", "optimizer")
+#: canonical display order of strategies (others follow alphabetically)
+STRATEGY_ORDER = ("traditional", "sb", "stale_sb", "kath18", "uniform")
+STRATEGY_LABELS = {
+    "traditional": "Traditional",
+    "sb": "SB",
+    "stale_sb": "Stale-SB",
+    "kath18": "Kath18",
+    "uniform": "Uniform",
+}
+#: seed-mean curves are rounded to this many decimals to remove float noise from averaging
+CURVE_DECIMALS = 12
+
+RUN_COLUMNS = [
+    "run_dir", "status", "dataset", "model", "strategy", "lr_schedule", "config_key", "seed",
+    "label_noise", "final_test_error", "best_test_error", "train_s", "epochs", "steps",
+    "examples_forwarded", "examples_backpropped",
+]
+SKIPPED_COLUMNS = ["run_dir", "status", "reason", "n_evals"]
+
+
+class NoUsableRunsError(ConfigError):
+    """No usable (completed / budget) run was found under the given paths."""
+
+
+@dataclass
+class RunSet:
+    """Loaded run records.
+
+    ``runs``: one row per usable run — ``run_dir, status, dataset, model, strategy,
+    lr_schedule, config_key, seed, label_noise, final_test_error, best_test_error, train_s,
+    epochs, steps, examples_forwarded, examples_backpropped``, the strategy parameters
+    flattened as columns (``beta``, ``selectivity``, ``staleness``, …; prefixed ``param_`` only
+    if a name collides) and the final phase seconds as ``phase_<name>``.
+
+    ``evals``: one row per ``metrics.jsonl`` line of a usable run — ``run_dir, config_key,
+    dataset, strategy, seed, label_noise, eval_idx`` then the metrics keys, with ``phase_s``
+    flattened to ``phase_<name>`` columns.
+
+    ``skipped``: the incomplete/failed runs — ``run_dir, status, reason, n_evals``.
+    """
+
+    runs: pd.DataFrame
+    evals: pd.DataFrame
+    skipped: pd.DataFrame
+
+    def __len__(self) -> int:
+        return len(self.runs)
+
+    @property
+    def datasets(self) -> list[str]:
+        return sorted(self.runs["dataset"].unique()) if len(self.runs) else []
+
+    def subset(self, mask: pd.Series) -> RunSet:
+        """The runs selected by a boolean mask over ``runs`` (evals follow)."""
+        runs = self.runs[mask.to_numpy()].reset_index(drop=True)
+        evals = self.evals[self.evals["run_dir"].isin(set(runs["run_dir"]))].reset_index(drop=True)
+        return RunSet(runs=runs, evals=evals, skipped=self.skipped)
+
+    def clean(self) -> RunSet:
+        """Runs without label noise (``config.dataset.label_noise`` 0 or absent)."""
+        return self.subset(self.runs["label_noise"].fillna(0.0) == 0.0)
+
+
+def strategy_sort_key(name: str) -> tuple[int, str]:
+    """Sort key putting strategies in :data:`STRATEGY_ORDER`, unknown ones after, alphabetically."""
+    try:
+        return (STRATEGY_ORDER.index(name), name)
+    except ValueError:
+        return (len(STRATEGY_ORDER), name)
+
+
+def strategy_label(name: str) -> str:
+    return STRATEGY_LABELS.get(name, name)
+
+
+def _natural_key(path: Path) -> list[Any]:
+    return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", str(path))]
+
+
+def find_run_dirs(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
+    """All run directories under ``paths`` (recursively), in natural sort order, deduplicated."""
+    found: set[Path] = set()
+    for p in paths:
+        root = Path(p)
+        if not root.exists():
+            logger.warning("run path does not exist: %s", root)
+            continue
+        if root.is_file():
+            root = root.parent
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames[:] = [d for d in dirnames if d not in (".hydra", "tb", "__pycache__")]
+            if SUMMARY_FILE in filenames or METRICS_FILE in filenames:
+                found.add(Path(dirpath))
+    return sorted(found, key=_natural_key)
+
+
+def read_metrics(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """Parse a ``metrics.jsonl``. A partial (non-JSON) LAST line — a run killed mid-write — is
+    dropped (logged at INFO). A non-JSON line before the last raises ``ValueError``."""
+    path = Path(path)
+    with path.open("r", encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    # blank lines (e.g. a trailing newline) carry nothing
+    numbered = [(i, ln) for i, ln in enumerate(lines, 1) if ln.strip()]
+    records: list[dict[str, Any]] = []
+    for k, (lineno, line) in enumerate(numbered):
+        try:
+            rec = json.loads(line)
+            if not isinstance(rec, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as exc:
+            if k == len(numbered) - 1:
+                logger.info("%s: ignoring partial last line %d (%s)", path, lineno, exc)
+                break
+            raise ValueError(f"{path}: line {lineno} is not a JSON object: {exc}") from exc
+        records.append(rec)
+    return records
+
+
+def _read_summary(path: Path) -> dict[str, Any]:
+    with path.open("r", encoding="utf-8") as f:
+        summary = json.load(f)
+    if not isinstance(summary, dict):
+        raise ValueError(f"{path}: not a JSON object")
+    return summary
+
+
+def _as_float(x: Any) -> float:
+    if x is None:
+        return math.nan
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _label_noise(config: dict[str, Any]) -> float:
+    ds = config.get("dataset")
+    if isinstance(ds, dict):
+        v = _as_float(ds.get("label_noise"))
+        return 0.0 if math.isnan(v) else v
+    return 0.0
+
+
+def _name(summary: dict[str, Any], key: str) -> Any:
+    """Config name from the summary's top-level key, else from ``config.<key>.name``."""
+    v = summary.get(key)
+    if v is None:
+        node = (summary.get("config") or {}).get(key)
+        v = node.get("name") if isinstance(node, dict) else node
+    return v
+
+
+def _run_row(run_dir: Path, summary: dict[str, Any], evals: list[dict[str, Any]]) -> dict[str, Any]:
+    config = summary.get("config") or {}
+    final = _as_float(summary.get("final_test_error"))
+    if math.isnan(final) and evals:
+        final = _as_float(evals[-1].get("test_error"))
+    best = _as_float(summary.get("best_test_error"))
+    if math.isnan(best) and evals:
+        best = min(_as_float(e.get("test_error")) for e in evals)
+    seed = summary.get("seed", config.get("seed"))
+    row: dict[str, Any] = {
+        "run_dir": str(run_dir),
+        "status": summary.get("status"),
+        "dataset": _name(summary, "dataset"),
+        "model": _name(summary, "model"),
+        "strategy": _name(summary, "strategy"),
+        "lr_schedule": _name(summary, "lr_schedule"),
+        "config_key": summary.get("config_key"),
+        "seed": seed,
+        "label_noise": _label_noise(config),
+        "final_test_error": final,
+        "best_test_error": best,
+        "train_s": _as_float(summary.get("train_s")),
+        "epochs": _as_float(summary.get("epochs")),
+        "steps": summary.get("steps"),
+        "examples_forwarded": summary.get("examples_forwarded"),
+        "examples_backpropped": summary.get("examples_backpropped"),
+    }
+    if row["config_key"] is None:
+        # contract says it is always there; fall back to the config without its seed
+        cfg = {k: v for k, v in config.items() if k != "seed"}
+        row["config_key"] = json.dumps(cfg, sort_keys=True, default=str)
+        logger.info("%s: summary.json has no config_key; grouping by its config", run_dir)
+    for k, v in (summary.get("strategy_params") or {}).items():
+        col = k if k not in row and not k.startswith("phase_") else f"param_{k}"
+        row[col] = v
+    for k, v in (summary.get("phase_s") or {}).items():
+        row[f"phase_{k}"] = _as_float(v)
+    return row
+
+
+def _eval_rows(run: dict[str, Any], evals: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out = []
+    for i, rec in enumerate(evals):
+        row = {
+            "run_dir": run["run_dir"],
+            "config_key": run["config_key"],
+            "dataset": run["dataset"],
+            "strategy": run["strategy"],
+            "seed": run["seed"],
+            "label_noise": run["label_noise"],
+            "eval_idx": i,
+        }
+        for k, v in rec.items():
+            if k == "phase_s" and isinstance(v, dict):
+                for pk, pv in v.items():
+                    row[f"phase_{pk}"] = _as_float(pv)
+            elif k not in row:
+                row[k] = v
+        out.append(row)
+    return out
+
+
+def load_runs(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]) -> RunSet:
+    """Load every run record under ``paths`` (files or directories, walked recursively).
+
+    Incomplete/failed runs are reported in ONE warning (run dir and status each) and excluded.
+    Returns a :class:`RunSet` (possibly empty; callers decide whether that is an error).
+    """
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    run_rows: list[dict[str, Any]] = []
+    eval_rows: list[dict[str, Any]] = []
+    skipped: list[dict[str, Any]] = []
+    for run_dir in find_run_dirs(paths):
+        evals: list[dict[str, Any]] = []
+        metrics_error = None
+        if (run_dir / METRICS_FILE).exists():
+            try:
+                evals = read_metrics(run_dir / METRICS_FILE)
+            except (OSError, ValueError) as exc:
+                metrics_error = str(exc)
+        summary_path = run_dir / SUMMARY_FILE
+        if not summary_path.exists():
+            skipped.append({"run_dir": str(run_dir), "status": "incomplete",
+                            "reason": "no summary.json", "n_evals": len(evals)})
+            continue
+        try:
+            summary = _read_summary(summary_path)
+        except (OSError, ValueError) as exc:
+            skipped.append({"run_dir": str(run_dir), "status": "unreadable",
+                            "reason": f"summary.json: {exc}", "n_evals": len(evals)})
+            continue
+        status = summary.get("status")
+        if status not in USABLE_STATUSES:
+            reason = summary.get("error") or f"status {status!r}"
+            skipped.append({"run_dir": str(run_dir), "status": str(status),
+                            "reason": str(reason), "n_evals": len(evals)})
+            continue
+        if metrics_error is not None:
+            skipped.append({"run_dir": str(run_dir), "status": "corrupt",
+                            "reason": metrics_error, "n_evals": 0})
+            continue
+        row = _run_row(run_dir, summary, evals)
+        run_rows.append(row)
+        eval_rows.extend(_eval_rows(row, evals))
+
+    if skipped:
+        listing = "; ".join(f"{s['run_dir']} ({s['status']}: {s['reason']})" for s in skipped)
+        logger.warning("skipping %d incomplete/failed run(s): %s", len(skipped), listing)
+
+    runs = pd.DataFrame(run_rows)
+    if runs.empty:
+        runs = pd.DataFrame(columns=RUN_COLUMNS)
+    else:
+        extra = [c for c in runs.columns if c not in RUN_COLUMNS]
+        runs = runs[RUN_COLUMNS + extra]
+        dup = runs.duplicated(["config_key", "seed"], keep=False)
+        if dup.any():
+            logger.warning(
+                "several usable runs share a configuration and seed (all are averaged in): %s",
+                ", ".join(runs.loc[dup, "run_dir"]),
+            )
+    evals_df = pd.DataFrame(eval_rows)
+    if evals_df.empty:
+        evals_df = pd.DataFrame(columns=["run_dir", "config_key", "dataset", "strategy", "seed",
+                                         "label_noise", "eval_idx", "epoch", "step", "train_s",
+                                         "test_error"])
+    return RunSet(runs=runs.reset_index(drop=True), evals=evals_df,
+                  skipped=pd.DataFrame(skipped, columns=SKIPPED_COLUMNS))
+
+
+def require_runs(runset: RunSet, paths: Iterable[Any]) -> RunSet:
+    """Raise :class:`NoUsableRunsError` (one line) when ``runset`` holds no usable run."""
+    if len(runset) == 0:
+        where = ", ".join(str(p) for p in paths)
+        n = len(runset.skipped)
+        extra = f" ({n} incomplete/failed run(s) skipped)" if n else ""
+        raise NoUsableRunsError(f"no usable run records (summary.json with status completed or "
+                                f"budget) found under {where}{extra}")
+    return runset
+
+
+def configurations(runset: RunSet) -> pd.DataFrame:
+    """One row per configuration (``config_key``): identifying columns (first run's values),
+    ``n_seeds``, ``seeds`` and seed means of ``final_test_error``, ``train_s``,
+    ``examples_forwarded``, ``examples_backpropped``, ``steps``."""
+    runs = runset.runs
+    if runs.empty:
+        return pd.DataFrame(columns=["config_key", "dataset", "strategy", "n_seeds"])
+    id_cols = [c for c in runs.columns if c not in (
+        "run_dir", "status", "seed", "final_test_error", "best_test_error", "train_s", "epochs",
+        "steps", "examples_forwarded", "examples_backpropped") and not c.startswith("phase_")]
+    mean_cols = ["final_test_error", "best_test_error", "train_s", "epochs", "steps",
+                 "examples_forwarded", "examples_backpropped"]
+    rows = []
+    for key, g in runs.groupby("config_key", sort=False):
+        row = {c: g[c].iloc[0] for c in id_cols}
+        row["n_seeds"] = len(g)
+        row["seeds"] = tuple(sorted(g["seed"].tolist(), key=str))
+        for c in mean_cols:
+            row[c] = pd.to_numeric(g[c], errors="coerce").mean()
+        rows.append(row)
+    out = pd.DataFrame(rows)
+    return _sort_frame(out)
+
+
+def _sort_frame(df: pd.DataFrame, extra: list[str] | None = None) -> pd.DataFrame:
+    keys = ["dataset", "strategy"] + (extra or [])
+    keys = [k for k in keys if k in df.columns]
+    if df.empty or not keys:
+        return df.reset_index(drop=True)
+    order = df.assign(_s=df["strategy"].map(lambda s: strategy_sort_key(str(s))))
+    sort_by = ["dataset", "_s"] + [k for k in keys if k not in ("dataset", "strategy")]
+    if "config_key" in df.columns and "config_key" not in sort_by:
+        sort_by.append("config_key")
+    return order.sort_values(sort_by, kind="stable").drop(columns="_s").reset_index(drop=True)
+
+
+def seed_mean_curves(runset: RunSet) -> pd.DataFrame:
+    """Each configuration's seed-mean evaluation curve.
+
+    Seeds are aligned on ``epoch`` (rounded to 6 decimals); only evaluations present in every
+    seed of the configuration are kept. Columns: ``dataset, strategy, lr_schedule, label_noise,
+    config_key, n_seeds, epoch`` and the seed means of ``step, train_s, test_error,
+    examples_forwarded, examples_backpropped``, ``selected_fraction``,
+    ``selected_noisy_fraction`` (when present) and the ``phase_*`` columns — rounded to
+    :data:`CURVE_DECIMALS` decimals.
+    """
+    ev = runset.evals
+    if ev.empty:
+        return pd.DataFrame(columns=["dataset", "strategy", "config_key", "epoch", "train_s",
+                                     "test_error", "step"])
+    value_cols = [c for c in ("step", "train_s", "test_error", "test_loss", "examples_forwarded",
+                              "examples_backpropped", "selected_fraction",
+                              "selected_noisy_fraction") if c in ev.columns]
+    value_cols += [c for c in ev.columns if c.startswith("phase_")]
+    runs = runset.runs.set_index("run_dir")
+    ev = ev.assign(_ep=ev["epoch"].astype(float).round(6))
+    pieces = []
+    for key, g in ev.groupby("config_key", sort=False):
+        n_seeds = g["run_dir"].nunique()
+        counts = g.groupby("_ep")["run_dir"].nunique()
+        common = counts.index[counts == n_seeds]
+        if len(common) < len(counts):
+            logger.debug("%s: %d evaluation epochs not present in every seed dropped from the "
+                         "seed-mean curve", key, len(counts) - len(common))
+        g = g[g["_ep"].isin(common)]
+        num = g[value_cols].apply(pd.to_numeric, errors="coerce")
+        mean = num.groupby(g["_ep"]).mean().round(CURVE_DECIMALS).reset_index()
+        mean = mean.rename(columns={"_ep": "epoch"})
+        first = runs.loc[g["run_dir"].iloc[0]]
+        mean.insert(0, "config_key", key)
+        mean.insert(0, "n_seeds", n_seeds)
+        for c in ("label_noise", "lr_schedule", "strategy", "dataset"):
+            mean.insert(0, c, first[c])
+        pieces.append(mean)
+    out = pd.concat(pieces, ignore_index=True)
+    return _sort_frame(out, ["config_key", "epoch"])
