@@ -6,7 +6,7 @@ PIP := $(VENV)/bin/pip
 RUNS_CPU := results/fashion_mnist_cpu
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-fast demo bench reproduce-table1 reproduce-table1-cpu clean
+.PHONY: help setup test test-fast demo bench reproduce-table1 reproduce-table1-cpu report-cpu report-paper clean
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-22s\033[0m %s\n", $$1, $$2}'
@@ -26,6 +26,33 @@ test-fast:  ## the test suite without the slow end-to-end tests
 
 demo:  ## Traditional vs SB vs Stale-SB on real Fashion-MNIST (resnet8, CPU, a few minutes)
 	$(PY) scripts/demo.py --out outputs/demo
+
+PAPER_SWEEPS := table1_cifar10 table1_cifar100 table1_svhn label_noise selectivity staleness
+PAPER_OUT := results/paper_scale
+SWEEP_ARGS ?=
+
+reproduce-table1:  ## the paper-scale sweeps on a GPU (days), then Table 1 and figures into results/paper_scale/
+	@for s in $(PAPER_SWEEPS); do \
+	  $(PY) -m selective_backprop.train -m sweep=$$s hydra.sweep.dir=multirun/paper/$$s $(SWEEP_ARGS) || exit 1; \
+	done
+	$(MAKE) report-paper
+
+report-paper:  ## Table 1, Pareto frontiers and figures from multirun/paper into results/paper_scale/
+	$(PY) scripts/make_table1.py multirun/paper --out $(PAPER_OUT)
+	$(PY) scripts/plot_pareto.py multirun/paper --out $(PAPER_OUT)
+	$(PY) scripts/plot_figures.py multirun/paper --out $(PAPER_OUT)/figures
+
+reproduce-table1-cpu:  ## the same pipeline at CPU scale on real Fashion-MNIST (~1 h on 2 cores) into results/fashion_mnist_cpu/
+	$(PY) -m selective_backprop.train -m sweep=table1_fashion_mnist_cpu hydra.sweep.dir=multirun/fashion_mnist_cpu $(SWEEP_ARGS)
+	rm -rf $(RUNS_CPU)/runs
+	$(PY) scripts/collect_runs.py multirun/fashion_mnist_cpu $(RUNS_CPU)/runs
+	$(MAKE) report-cpu
+
+report-cpu:  ## Table 1, Pareto frontiers, figures (and Fig 5) from results/fashion_mnist_cpu/runs
+	$(PY) scripts/make_table1.py $(RUNS_CPU)/runs --out $(RUNS_CPU)
+	$(PY) scripts/plot_pareto.py $(RUNS_CPU)/runs --out $(RUNS_CPU)
+	$(PY) scripts/plot_figures.py $(RUNS_CPU)/runs --out $(RUNS_CPU)/figures
+	$(PY) scripts/gradient_similarity.py --epochs 3 --out $(RUNS_CPU)/figures
 
 clean:  ## remove caches and local outputs (keeps data/ and results/)
 	rm -rf outputs multirun .pytest_cache

@@ -1,0 +1,46 @@
+#!/usr/bin/env python
+"""Copy the run records (summary.json, metrics.jsonl, .hydra/config.yaml) of a sweep into DEST.
+
+Keeps the sweep's folder layout; leaves out checkpoints and TensorBoard files so the result is small
+enough to commit (results/<name>/runs/).
+
+    python scripts/collect_runs.py multirun/fashion_mnist_cpu results/fashion_mnist_cpu/runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+RECORD_FILES = ("summary.json", "metrics.jsonl", ".hydra/config.yaml", ".hydra/overrides.yaml")
+
+
+def collect(source: Path, dest: Path) -> int:
+    """Copy every run's record files; returns the number of runs copied."""
+    runs = sorted({p.parent for p in source.rglob("metrics.jsonl")})
+    for run in runs:
+        target = dest / run.relative_to(source)
+        for name in RECORD_FILES:
+            if (run / name).exists():
+                (target / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(run / name, target / name)
+    return len(runs)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("source", type=Path)
+    p.add_argument("dest", type=Path)
+    args = p.parse_args(argv)
+    if not args.source.is_dir():
+        print(f"error: no sweep folder '{args.source}'", file=sys.stderr)
+        return 1
+    count = collect(args.source, args.dest)
+    print(f"copied the records of {count} runs into {args.dest}")
+    return 0 if count else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
