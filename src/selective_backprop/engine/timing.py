@@ -18,6 +18,9 @@ class PhaseTimer:
     covers the intervals between `resume()` and `pause()` (evaluation and checkpointing excluded).
     """
 
+    MAX_PENDING_EVENTS = 4096
+    KEEP_EVENTS = 1024
+
     def __init__(self, device: torch.device):
         self.cuda = device.type == "cuda"
         self.totals = {p: 0.0 for p in PHASES}
@@ -37,6 +40,8 @@ class PhaseTimer:
 
     def _mark(self) -> None:
         self._marks.append((self._now(), self._stack[-1] if self._stack else "other"))
+        if len(self._marks) >= (self.MAX_PENDING_EVENTS if self.cuda else 2):
+            self._flush_marks(keep=self.KEEP_EVENTS if self.cuda else 1)
 
     @contextlib.contextmanager
     def phase(self, name: str):
@@ -64,13 +69,19 @@ class PhaseTimer:
         self.train_s += time.perf_counter() - self._running_since
         self._running_since = None
 
-    def _flush_marks(self) -> None:
-        if self.cuda:
-            self._marks[-1][0].synchronize()
-        for (start, phase), (end, _) in zip(self._marks, self._marks[1:]):
+    def _flush_marks(self, keep: int = 1) -> None:
+        """Add up the intervals between marks, keeping the newest `keep` marks pending.
+
+        On CUDA this waits only for the last mark it reads: with `keep` > 1 that event was recorded
+        thousands of phase switches ago, so the device has long passed it.
+        """
+        done = self._marks[:len(self._marks) - keep + 1]
+        if self.cuda and done:
+            done[-1][0].synchronize()
+        for (start, phase), (end, _) in zip(done, done[1:]):
             seconds = start.elapsed_time(end) / 1000.0 if self.cuda else end - start
             self.totals[phase] += seconds
-        self._marks = self._marks[-1:]
+        self._marks = self._marks[len(done) - 1:]
 
     def elapsed_train_s(self) -> float:
         """Training seconds so far, including the running interval (host clock, no sync)."""
