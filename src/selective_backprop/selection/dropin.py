@@ -38,7 +38,9 @@ class SelectiveBackprop:
         self.select_mode = select_mode
         self.select_precision = select_precision
         self.selector = LossSelector(self.beta, history, prob_min, seed)
-        self.packer = BatchPacker(batch_size)
+        # lag=0: the kept count is read after every select() (one tiny sync), so every full batch is
+        # yielded by the select() call that completed it and flush() returns only a partial batch.
+        self.packer = BatchPacker(batch_size, lag=0)
         self.seen = 0
         self._kept = None
 

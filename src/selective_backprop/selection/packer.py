@@ -22,6 +22,9 @@ class BatchPacker:
     def __init__(self, batch_size: int, lag: int | None = None):
         self.batch_size = batch_size
         self._lag = lag
+        self._reset()
+
+    def _reset(self) -> None:
         self._buffers: list[torch.Tensor] | None = None
         self._capacity = 0
         self._appended: torch.Tensor | None = None   # device: rows ever appended
@@ -59,6 +62,8 @@ class BatchPacker:
         rows = mask.shape[0]
         if rows == 0:
             return
+        if self._buffers is not None and self._buffers[0].device != tensors[0].device:
+            self._relocate(tensors[0].device)
         if self._buffers is None:
             self._allocate(tensors, rows)
         elif len(tensors) != len(self._buffers):
@@ -66,6 +71,14 @@ class BatchPacker:
         else:
             self._grow(rows)
         self._write(tensors, mask)
+
+    def _relocate(self, device: torch.device) -> None:
+        """Move the queue to another device (e.g. state restored on CPU, training on CUDA)."""
+        pending = [t.to(device) for t in self.peek_pending()]
+        self._reset()
+        if pending[0].shape[0]:
+            self._allocate(pending, pending[0].shape[0])
+            self._write(pending, torch.ones(pending[0].shape[0], dtype=torch.bool, device=device))
 
     def _write(self, tensors: Sequence[torch.Tensor], mask: torch.Tensor) -> None:
         rows = mask.shape[0]
@@ -100,9 +113,20 @@ class BatchPacker:
         idx = (self._emitted + torch.arange(rows, device=self._buffers[0].device)) % self._capacity
         return [buf.index_select(0, idx) for buf in self._buffers]
 
+    def drain_ready(self) -> Iterator[list[torch.Tensor]]:
+        """Bring the host count up to date (one sync) and yield every full batch queued."""
+        self.drain_count()
+        yield from self.pop_ready()
+
     def flush(self) -> list[torch.Tensor] | None:
-        """Remove and return the queued remainder (fewer than batch_size rows after pop_ready), or None."""
+        """Remove and return the queued remainder (fewer than batch_size rows), or None.
+
+        Full batches still queued (possible when the count is read late, on CUDA) must be taken
+        with drain_ready() first; flushing them would silently hand out an oversized batch.
+        """
         rows = self.drain_count()
+        if rows >= self.batch_size:
+            raise RuntimeError(f"{rows} rows queued: take the full batches with drain_ready() before flush()")
         if rows == 0:
             return None
         return self._take(rows)
@@ -114,8 +138,7 @@ class BatchPacker:
         return {"pending": [t.cpu() for t in self.peek_pending()]}
 
     def load_state_dict(self, state: dict, device: torch.device | None = None) -> None:
-        self._buffers = None
-        self._emitted = 0
+        self._reset()
         pending = state.get("pending")
         if pending and pending[0].shape[0] > 0:
             tensors = [t.to(device) if device is not None else t for t in pending]

@@ -26,6 +26,8 @@ def selectivity_from_beta(beta: float) -> float:
 def resolve_beta(beta: float | None, selectivity: float | None, *, prefix: str = "strategy",
                  default_beta: float = 2.0, rel_tol: float = 1e-3) -> tuple[float, float]:
     """Return (β, selectivity) from either one; both given must agree; neither gives `default_beta`."""
+    if isinstance(beta, bool) or isinstance(selectivity, bool):
+        raise ConfigError(f"{prefix}.beta / {prefix}.selectivity must be numbers, got {beta!r} / {selectivity!r}")
     if beta is not None and not (isinstance(beta, (int, float)) and math.isfinite(beta) and beta > 0):
         raise ConfigError(f"{prefix}.beta={beta!r}: must be a number > 0")
     if selectivity is not None and not (isinstance(selectivity, (int, float)) and 0 < selectivity <= 1):

@@ -20,6 +20,16 @@ def per_example_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> to
     return F.cross_entropy(logits.float(), targets, reduction="none")
 
 
+def canonical_device(device: torch.device | str) -> torch.device:
+    """`cuda` -> `cuda:<current>`, `cpu:0` -> `cpu`, so equal devices compare equal."""
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    if device.type == "cpu":
+        return torch.device("cpu")
+    return device
+
+
 class SeededGenerator:
     """A torch.Generator created lazily on the device it is first used on; state is resumable."""
 
@@ -29,7 +39,11 @@ class SeededGenerator:
         self._pending_state: torch.Tensor | None = None
 
     def get(self, device: torch.device) -> torch.Generator:
-        if self._gen is None or self._gen.device != torch.device(device):
+        device = canonical_device(device)
+        if self._gen is not None and canonical_device(self._gen.device) != device:
+            raise RuntimeError(f"generator lives on {self._gen.device}, asked for {device}: "
+                               "a strategy's draws must stay on one device")
+        if self._gen is None:
             self._gen = torch.Generator(device=device)
             self._gen.manual_seed(self.seed)
             if self._pending_state is not None:
@@ -60,7 +74,10 @@ def autocast_context(device: torch.device, precision: str):
 def selection_forward(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
                       loss_fn: LossFn = per_example_cross_entropy, mode: str = "eval",
                       precision: str = "fp32") -> tuple[torch.Tensor, torch.Tensor]:
-    """Forward without grad in `mode` ('eval' or 'train' BatchNorm); returns (per-example losses, logits).
+    """Forward without grad; returns (per-example losses, logits).
+
+    `mode='eval'` (the authors' code) uses BatchNorm running statistics; `mode='train'` uses batch
+    statistics (and updates the running ones) with dropout still off.
 
     The model's train/eval mode is restored afterwards.
     """
@@ -68,6 +85,10 @@ def selection_forward(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
         raise ConfigError(f"strategy.select_mode={mode!r}: must be 'eval' or 'train'")
     was_training = model.training
     model.train(mode == "train")
+    if mode == "train":                        # BatchNorm in train mode; dropout stays off
+        for module in model.modules():
+            if isinstance(module, torch.nn.modules.dropout._DropoutNd):
+                module.eval()
     try:
         with torch.no_grad(), autocast_context(x.device, precision):
             logits = model(x)
