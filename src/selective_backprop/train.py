@@ -1,41 +1,141 @@
-"""Training entry point: `python -m selective_backprop.train [overrides]` or `sb-train [overrides]`."""
+"""Training entry point: `python -m selective_backprop.train [overrides]` or `sb-train [overrides]`.
+
+Re-running a command with the same output directory (`hydra.run.dir=...`) resumes it from its
+checkpoint.pt, or returns at once if it already finished. Exit codes (single run):
+
+* 0  completed, stopped by the time budget, or already complete;
+* 2  refused before any work: a bad config value, missing/corrupted data, or an output directory
+     holding a different run (one ERROR line naming the field or file; nothing is written there);
+* 3  diverged: the training loss became NaN/inf (one ERROR line; summary.json status "diverged");
+* 1  any other failure during the run (summary.json status "failed", with the error);
+* 75 preempted by SIGTERM/SIGINT (EX_TEMPFAIL from sysexits.h): the checkpoint is on disk and
+     re-running the same command resumes it; a cluster's requeue can act on this code.
+
+In a Hydra multirun (`-m`) a failing job raises instead of exiting, so Hydra records it as failed and
+runs the remaining jobs; Hydra then reports the first failure and exits 1. Preemption stops the sweep (75).
+"""
 
 from __future__ import annotations
 
+import json
 import logging
+import signal
 import sys
+from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
 
 from selective_backprop.errors import ConfigError
 
 log = logging.getLogger("selective_backprop")
 
+EXIT_CONFIG = 2
+EXIT_FAILED = 1
+EXIT_DIVERGED = 3
+EXIT_PREEMPTED = 75   # EX_TEMPFAIL: "temporary failure, the user is invited to retry"
 
-def run(cfg: DictConfig, output_dir: str) -> float:
-    """Train one run described by `cfg`, writing its record to `output_dir`; returns the final test error."""
-    from selective_backprop.engine.trainer import Trainer
 
-    trainer = Trainer(cfg, output_dir)
+def _write_failed_summary(cfg: DictConfig, output_dir: str, err: BaseException) -> None:
+    """summary.json with status "failed" for an error before training started (the trainer writes its own)."""
+    from selective_backprop.engine.records import atomic_write_text, config_key
+
+    config = OmegaConf.to_container(cfg, resolve=True)
+    summary = {"status": "failed", "error": f"{type(err).__name__}: {err}", "final_test_error": None,
+               "dataset": cfg.dataset.name, "model": cfg.model.name, "strategy": cfg.strategy.name,
+               "seed": int(cfg.seed), "config": config, "config_key": config_key(config)}
+    Path(output_dir).mkdir(parents=True, exist_ok=True)
+    atomic_write_text(Path(output_dir) / "summary.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
+
+
+def run(cfg: DictConfig, output_dir: str, data_bundle=None) -> float:
+    """Train one run described by `cfg`, writing its record to `output_dir`; returns the final test error.
+
+    Validates the config and the output directory first (ConfigError, nothing written); resumes from
+    `output_dir`/checkpoint.pt when it holds this run; returns the recorded error at once when this run
+    already finished there. Raises Preempted when SIGTERM/SIGINT stopped it (see train.main).
+    """
+    from selective_backprop.engine.trainer import Preempted, Trainer
+    from selective_backprop.validate import check_run_dir, validate_config
+
+    validate_config(cfg)
+    state = check_run_dir(cfg, output_dir)
+    if state.finished:
+        error = state.summary.get("final_test_error")
+        log.info("run dir %s already holds this run, finished (%s): final test error %s; nothing to do",
+                 output_dir, state.summary["status"], error)
+        return float("nan") if error is None else float(error)
+    try:
+        trainer = Trainer(cfg, output_dir, data_bundle=data_bundle)
+        resumed = trainer.resume(state.checkpoint) if state.checkpoint is not None else None
+    except ConfigError:
+        raise
+    except Exception as err:
+        _write_failed_summary(cfg, output_dir, err)
+        raise
     log.info("run dir: %s | %s on %s, %s, strategy %s %s", output_dir, cfg.model.name, cfg.dataset.name,
              trainer.device, trainer.strategy.name, trainer.strategy.params())
+    if resumed is not None:
+        log.info("resuming from %s: %d epochs done, %d evaluations recorded", state.checkpoint, resumed,
+                 len(trainer.history))
     summary = trainer.fit()
-    log.info("finished (%s): final test error %.4f, train %.1fs, run dir %s", summary["status"],
-             summary["final_test_error"], summary["train_s"], output_dir)
-    return float(summary["final_test_error"])
+    if summary["status"] == "preempted":
+        where = (f"checkpoint.pt holds epoch {trainer.saved_epoch}" if trainer.saved_epoch is not None
+                 else "no epoch was completed, so it restarts from scratch")
+        raise Preempted(f"preempted by {_signal_name()}: stopped at step {summary['steps']}; "
+                        f"{where}; re-run the same command (same hydra.run.dir) to resume (exit {EXIT_PREEMPTED})")
+    error = summary["final_test_error"]
+    log.info("finished (%s): final test error %s, train %.1fs, run dir %s", summary["status"],
+             "n/a" if error is None else f"{error:.4f}", summary["train_s"], output_dir)
+    return float("nan") if error is None else float(error)
+
+
+def _signal_name() -> str:
+    from selective_backprop.engine.trainer import PREEMPTION
+
+    return signal.Signals(PREEMPTION.signum).name if PREEMPTION.signum is not None else "?"
+
+
+def install_preemption_handlers() -> None:
+    """SIGTERM/SIGINT set the trainer's preemption flag (the CLI process only; never in library use).
+
+    The trainer stops at the next step boundary, writes the last epoch boundary's checkpoint and
+    summary.json status "preempted"; main() exits 75. A second signal aborts at once (KeyboardInterrupt);
+    checkpoint.pt is written atomically, so the one on disk stays valid.
+    """
+    from selective_backprop.engine.trainer import PREEMPTION
+
+    def handler(signum, frame):
+        if PREEMPTION.requested:
+            raise KeyboardInterrupt(f"second {signal.Signals(signum).name}: aborting")
+        PREEMPTION.request(signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, handler)
 
 
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="config")
 def main(cfg: DictConfig) -> float:
-    """Hydra entry: returns the final test error (what a sweeper optimises)."""
-    output_dir = HydraConfig.get().runtime.output_dir
+    """Hydra entry: returns the final test error (what a sweeper optimises); exit codes in the module doc."""
+    from selective_backprop.engine.trainer import DivergedError, Preempted
+
+    hydra_cfg = HydraConfig.get()
+    output_dir = hydra_cfg.runtime.output_dir
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    install_preemption_handlers()
     try:
         return run(cfg, output_dir)
-    except ConfigError as err:
-        log.error("%s", err)
-        sys.exit(2)
+    except Preempted as err:
+        log.warning("%s", err)
+        sys.exit(EXIT_PREEMPTED)
+    except (ConfigError, DivergedError) as err:
+        kind = "diverged: " if isinstance(err, DivergedError) else ""
+        log.error("%s%s", kind, err)
+        if multirun:        # Hydra's launcher marks this job failed and runs the others
+            raise
+        sys.exit(EXIT_DIVERGED if isinstance(err, DivergedError) else EXIT_CONFIG)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -13,11 +15,14 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
+from selective_backprop.engine import checkpoint as ckpt
 from selective_backprop.engine.records import RunRecorder, config_key
-from selective_backprop.engine.source import TorchSource, derive_seed
+from selective_backprop.engine.device_source import build_source
+from selective_backprop.engine.source import derive_seed
 from selective_backprop.engine.strategies import Context, Counters, TrainBatch, build_strategy
 from selective_backprop.engine.timing import PhaseTimer
 from selective_backprop.errors import ConfigError
+from selective_backprop.validate import validate_config
 
 log = logging.getLogger(__name__)
 AMP_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -25,6 +30,68 @@ AMP_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 class DivergedError(RuntimeError):
     """The training loss became NaN or infinite."""
+
+
+class Preempted(RuntimeError):
+    """SIGTERM/SIGINT stopped the run; its checkpoint is on disk and re-running the command resumes it."""
+
+
+class PreemptionFlag:
+    """Set by the CLI's SIGTERM/SIGINT handler (train.py); the trainer polls it.
+
+    The handler only sets the flag, so a checkpoint is never written from inside a signal handler.
+    The trainer checks it after every training step and before every selection forward (the strategy
+    loop), stops there and keeps the state of the last epoch boundary (see `Trainer.fit`).
+    """
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    def request(self, signum: int) -> None:
+        self.signum = signum
+
+    def clear(self) -> None:
+        self.signum = None
+
+
+PREEMPTION = PreemptionFlag()
+
+
+class _StopRequested(Exception):
+    """Raised inside the strategy loop when preemption was requested (the partial epoch is dropped)."""
+
+
+class _PreemptibleContext(Context):
+    """The strategies' context, polling the preemption flag before each selection forward."""
+
+    def select_forward(self, *args, **kwargs):
+        if PREEMPTION.requested:
+            raise _StopRequested
+        return super().select_forward(*args, **kwargs)
+
+
+def _test_pause(point: str, epoch: int) -> None:
+    """Test hook, inert unless SB_TEST_PAUSE_AT is set (tests/test_reliability.py kills runs with it).
+
+    SB_TEST_PAUSE_AT=<point>:<epoch> makes the process write the file SB_TEST_PAUSE_MARKER and sleep
+    (until killed, or until a SIGTERM/SIGINT sets the preemption flag) when it reaches <point> with
+    <epoch> epochs completed. Points: `mid_epoch` (after the first training step of the epoch after
+    <epoch> completed ones), `eval` (after the evaluation row of epoch <epoch> is in metrics.jsonl, before
+    the checkpoint), `checkpoint_write` (checkpoint after epoch <epoch>: temp file written, not yet renamed).
+    """
+    spec = os.environ.get("SB_TEST_PAUSE_AT")
+    if not spec or spec != f"{point}:{epoch}":
+        return
+    marker = os.environ.get("SB_TEST_PAUSE_MARKER")
+    if marker:
+        Path(marker).write_text(f"{point}:{epoch} pid {os.getpid()}\n")
+    deadline = time.monotonic() + float(os.environ.get("SB_TEST_PAUSE_S", "600"))
+    while time.monotonic() < deadline and not PREEMPTION.requested:
+        time.sleep(0.05)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -56,6 +123,7 @@ class Trainer:
         from selective_backprop.data import build_data
         from selective_backprop.models import build_model
 
+        validate_config(cfg)           # refuse bad input before building anything heavy
         self.cfg = cfg
         self.output_dir = output_dir
         self.device = resolve_device(str(cfg.device))
@@ -80,10 +148,11 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.timer = PhaseTimer(self.device)
         self.counters = Counters()
-        self.source = TorchSource(self.data.train, self.device, int(cfg.seed), self.timer,
-                                  int(tcfg.get("num_workers", 0)), bool(tcfg.get("channels_last", False)))
+        self.source = build_source(str(cfg.dataset.get("loader", "torch")), self.data, self.device, int(cfg.seed),
+                                   self.timer, int(tcfg.get("num_workers", 0)), bool(tcfg.get("channels_last", False)))
         self.n_train = len(self.source)
-        self.ctx = Context(self.model, self.source, self.timer, self.counters, self.batch_size, self.device)
+        self.ctx = _PreemptibleContext(self.model, self.source, self.timer, self.counters, self.batch_size,
+                                       self.device)
         x_test, y_test = self.data.test_arrays()
         self.test_x, self.test_y = self._normalise(x_test), y_test.to(self.device)
         self.noisy = None if self.data.noisy is None else self.data.noisy.to(self.device)
@@ -93,6 +162,11 @@ class Trainer:
         self.status = "running"
         self._interval = self._fresh_interval()
         self._nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)
+        self._wall_offset = 0.0                 # wall seconds of the runs this one resumes
+        self._finished: str | None = None        # status of a final checkpoint resumed from (run had ended)
+        self._boundary: dict | None = None       # last epoch boundary not yet on disk (CPU copy)
+        self._epoch_steps = 0
+        self.saved_epoch: int | None = None      # epochs completed in the checkpoint.pt on disk
 
     # -- pieces --------------------------------------------------------------------------------
     def _normalise(self, x_uint8: torch.Tensor) -> torch.Tensor:
@@ -169,6 +243,9 @@ class Trainer:
         self._check_finite()
         with self.timer.evaluating():
             error, test_loss = self.evaluate()
+        if not math.isfinite(test_loss):      # weights blew up after the last (finite) training loss
+            raise DivergedError(f"test loss became non-finite by step {self.counters.steps} "
+                                f"(epoch {self.progress():.2f}); lower optimizer.lr or check the data")
         counts = self.counters.snapshot()
         iv = self._interval
         trained = max(iv["trained"], 1)
@@ -189,6 +266,7 @@ class Trainer:
         self.history.append(row)
         self.recorder.log_eval(row)
         self._interval = self._fresh_interval()
+        _test_pause("eval", int(round(row["epoch"])))
         log.info("epoch %.2f | test error %.4f | test loss %.4f | train %.1fs | backpropped %d | %s",
                  row["epoch"], error, test_loss, row["train_s"], row["examples_backpropped"],
                  " ".join(f"{k}={v:.1f}s" for k, v in row["phase_s"].items()))
@@ -215,28 +293,53 @@ class Trainer:
 
     # -- the loop ------------------------------------------------------------------------------
     def fit(self) -> dict:
-        """Train until max_epochs or max_time_s; returns the summary (also written to summary.json)."""
+        """Train until max_epochs or max_time_s; returns the summary (also written to summary.json).
+
+        metrics.jsonl restarts from `self.history` (a resumed run's checkpointed evaluations), so a
+        resume never duplicates or drops rows. Status: completed / budget (a final checkpoint.pt with
+        the final weights is written); preempted (PREEMPTION was set: stops at a step boundary, the
+        last completed epoch boundary is in checkpoint.pt); diverged (DivergedError) or failed (any
+        other exception): summary.json gets the error, the records so far stay, the error is re-raised.
+        """
         tcfg = self.cfg.train
         max_epochs = tcfg.get("max_epochs")
         max_time = tcfg.get("max_time_s")
         eval_every = int(tcfg.get("eval_every", 1))
-        self._wall_start = time.time()
+        self._wall_start = time.time() - self._wall_offset
+        ckpt.remove_stale_temps(self.output_dir)
         self.recorder.start(self.history)
-        self.recorder.write_summary(self.summary())
         try:
-            stop = self._loop(max_epochs, max_time, eval_every)
-            self.status = stop
-            if not self.history or self.history[-1]["step"] != self.counters.steps:
-                self._record_eval()
+            if self._finished is not None:      # resumed from a final checkpoint: nothing left to train
+                self.status = self._finished
+            else:
+                self.recorder.write_summary(self.summary())
+                stop = self._loop(max_epochs, max_time, eval_every)
+                self.status = stop
+                if stop == "preempted":
+                    if self._boundary is not None:   # the last completed epoch, not yet on disk
+                        self._save_checkpoint(self._boundary)
+                        self._boundary = None
+                else:
+                    if not self.history or self.history[-1]["step"] != self.counters.steps:
+                        self._record_eval()
+                    self._save_checkpoint(self._checkpoint_state(finished=stop))   # the final weights
         except DivergedError as err:
-            self.status = "diverged"
-            self.recorder.write_summary({**self.summary(), "error": str(err)})
-            self.recorder.close()
+            self._record_failure("diverged", str(err))
+            raise
+        except Exception as err:
+            self._record_failure("failed", f"{type(err).__name__}: {err}")
             raise
         summary = self.summary()
         self.recorder.write_summary(summary)
         self.recorder.close()
         return summary
+
+    def _record_failure(self, status: str, message: str) -> None:
+        self.status = status
+        try:
+            self.recorder.write_summary({**self.summary(), "error": message})
+        finally:
+            self.recorder.close()
 
     def _loop(self, max_epochs: float | None, max_time: float | None, eval_every: int) -> str:
         epoch = self.next_epoch
@@ -244,6 +347,8 @@ class Trainer:
         while True:
             if max_epochs is not None and self.progress() >= max_epochs - 1e-9:
                 return "completed"
+            if PREEMPTION.requested:           # at an epoch boundary (checkpointed by _after_epoch)
+                return "preempted"
             torch.manual_seed(derive_seed(int(self.cfg.seed), epoch, 3))   # augmentation + dropout
             lr_epoch = epoch if self.unit == "considered" else math.floor(self.progress())
             self._set_lr(lr_epoch)
@@ -266,6 +371,7 @@ class Trainer:
         """One pass of the strategy over the data; returns a stop status or None."""
         batches = self.strategy.epoch(epoch, self.ctx)
         seen = self.counters.considered
+        self._epoch_steps = 0
         try:
             while True:
                 with self.timer.phase("select"):
@@ -273,6 +379,11 @@ class Trainer:
                 if batch is None:
                     return None
                 self.train_step(batch)
+                self._epoch_steps += 1
+                if self._epoch_steps == 1:
+                    _test_pause("mid_epoch", epoch)
+                if PREEMPTION.requested:       # a step boundary: the partial epoch is redone on resume
+                    return "preempted"
                 bar.update(self.counters.considered - seen)
                 seen = self.counters.considered
                 if max_time is not None and self.timer.elapsed_train_s() >= max_time:
@@ -281,6 +392,16 @@ class Trainer:
                     stop = self._backpropped_checks(max_epochs)
                     if stop:
                         return stop
+        except _StopRequested:                 # preemption noticed inside the strategy loop
+            return "preempted"
+        except Exception as err:
+            if not PREEMPTION.requested:
+                raise
+            # The same signal can take down DataLoader workers mid-fetch; the partial epoch is
+            # dropped anyway, so this is a preemption, not a failure.
+            log.warning("error while stopping for preemption (partial epoch dropped): %s: %s",
+                        type(err).__name__, err)
+            return "preempted"
         finally:
             batches.close()
 
@@ -299,4 +420,90 @@ class Trainer:
         return None
 
     def _after_epoch(self, epoch: int) -> None:
-        """Hook for end-of-epoch work (checkpointing)."""
+        """End-of-epoch work, `epoch` epochs completed: checkpoint.pt every train.checkpoint_every epochs.
+
+        Checkpoints are taken at epoch boundaries only (decision): mid-epoch state (the strategy's
+        position inside its generator, a Stale-SB epoch's drawn mask, Kath18's example stream) is not
+        saved. A preempted or killed run resumes from the last boundary and redoes the partial epoch,
+        which reproduces it exactly, since data order, augmentation and dropout derive from (seed, epoch).
+        Between due checkpoints a CPU copy of the boundary is kept, so a preemption can still write it.
+        """
+        every = int(self.cfg.train.get("checkpoint_every", 1))
+        if epoch % every == 0:
+            self._boundary = None
+            self._save_checkpoint(self._checkpoint_state())
+        else:
+            self._boundary = ckpt.to_plain(self._checkpoint_state(), clone=True)
+
+    # -- checkpoints ---------------------------------------------------------------------------
+    def _checkpoint_state(self, finished: str | None = None) -> dict:
+        """Everything an exact resume needs, as tensors and plain types (weights_only-loadable).
+
+        `finished` marks the final checkpoint of a run that ended (completed / budget): it holds the
+        final weights and is never trained on from.
+        """
+        config = OmegaConf.to_container(self.cfg, resolve=True)
+        iv = self._interval
+        return {
+            "format": ckpt.FORMAT_VERSION,
+            "config_key": config_key(config), "seed": int(self.cfg.seed), "config": config,
+            "finished": finished,
+            # Data order, augmentation and dropout are re-seeded from (seed, epoch) at each epoch start
+            # (TorchSource.permutation, derive_seed), so the epoch index is their whole state; torch's
+            # global RNG state is saved as well, for safety. The learning rate is a pure function of the
+            # epoch (lr_factor): there is no scheduler object to save.
+            "next_epoch": int(self.next_epoch),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "strategy": self.strategy.state_dict(),   # history, stale table, tau, pending batch, generators
+            "rng": {"torch": torch.get_rng_state(),
+                    "cuda": list(torch.cuda.get_rng_state_all()) if self.device.type == "cuda" else []},
+            "counters": self.counters.snapshot(),
+            "timer": self.timer.state_dict(),
+            "history": [dict(row) for row in self.history],
+            "interval": {"loss_sum": iv["loss_sum"], "noisy": iv["noisy"], "trained": int(iv["trained"]),
+                         "considered": int(iv["considered"]), "kept": int(iv["kept"])},
+            "nonfinite": bool(self._nonfinite),
+            "wall_s": time.time() - self._wall_start,
+        }
+
+    def _save_checkpoint(self, state: dict) -> None:
+        epoch = int(state["next_epoch"])
+        ckpt.save_checkpoint(state, ckpt.checkpoint_path(self.output_dir),
+                             before_rename=lambda: _test_pause("checkpoint_write", epoch))
+        self.saved_epoch = epoch
+
+    def resume(self, path: str | Path | None = None) -> int:
+        """Restore a checkpoint (default: checkpoint.pt in the output directory); returns its epoch.
+
+        Call before fit(). The checkpoint must come from the same config (config_key) and seed.
+        """
+        path = Path(path) if path is not None else ckpt.checkpoint_path(self.output_dir)
+        state = ckpt.load_checkpoint(path)
+        key = config_key(OmegaConf.to_container(self.cfg, resolve=True))
+        if (state.get("config_key"), state.get("seed")) != (key, int(self.cfg.seed)):
+            raise ConfigError(f"checkpoint '{path}' belongs to a different run (config_key {state.get('config_key')}, "
+                              f"seed {state.get('seed')}; this run: config_key {key}, seed {int(self.cfg.seed)}); "
+                              f"accepted: a checkpoint of this same run")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if state["scaler"]:
+            self.scaler.load_state_dict(state["scaler"])
+        self.strategy.load_state_dict(state["strategy"], self.device)
+        self.counters.load(state["counters"])
+        self.timer.load_state_dict(state["timer"])
+        self.history = [dict(row) for row in state["history"]]
+        self.next_epoch = int(state["next_epoch"])
+        iv = state["interval"]
+        self._interval = {"loss_sum": iv["loss_sum"].to(self.device), "noisy": iv["noisy"].to(self.device),
+                          "trained": int(iv["trained"]), "considered": int(iv["considered"]),
+                          "kept": int(iv["kept"])}
+        self._nonfinite = torch.tensor(bool(state["nonfinite"]), device=self.device)
+        torch.set_rng_state(state["rng"]["torch"])
+        if self.device.type == "cuda" and len(state["rng"]["cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        self._wall_offset = float(state["wall_s"])
+        self._finished = state.get("finished")
+        self.saved_epoch = self.next_epoch
+        return self.next_epoch

@@ -1,0 +1,272 @@
+"""Refuse bad input before any work: the composed config, and what the output directory already holds.
+
+`validate_config(cfg)` checks every value the run depends on and raises ConfigError with one line
+naming the field and what it accepts. It is cheap (no data, no model) and runs at the top of
+`train.run()` and of `Trainer.__init__`. The data files themselves are checked by `build_data`
+(missing folder, wrong size, bad header or shape: DataError), which the trainer calls before it writes
+anything. `check_run_dir(cfg, output_dir)` says whether the output directory is fresh, holds this run
+to resume, or holds this run already finished; it refuses a directory holding a different run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from selective_backprop.errors import ConfigError
+
+FINISHED = ("completed", "budget")          # summary.json statuses of a run that has ended normally
+PRECISIONS = ("fp32", "bf16", "fp16")
+_MISSING = object()
+
+
+# ------------------------------------------------------------------------------------------ helpers
+
+def _get(cfg: Any, dotted: str, default: Any = None) -> Any:
+    value = OmegaConf.select(cfg, dotted, default=_MISSING) if OmegaConf.is_config(cfg) else _MISSING
+    return default if value is _MISSING else value
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _fail(field: str, value: Any, accepted: str) -> None:
+    raise ConfigError(f"{field}={value!r}: not accepted; accepted: {accepted}")
+
+
+def _int_at_least(cfg: Any, field: str, minimum: int, default: Any = None, nullable: bool = False) -> None:
+    value = _get(cfg, field, default)
+    if value is None and nullable:
+        return
+    if not _is_int(value) or value < minimum:
+        _fail(field, value, f"an integer >= {minimum}" + (" or null" if nullable else ""))
+
+
+def _positive(cfg: Any, field: str, default: Any = None, nullable: bool = False) -> None:
+    value = _get(cfg, field, default)
+    if value is None and nullable:
+        return
+    if not _is_number(value) or value <= 0:
+        _fail(field, value, "a number > 0" + (" or null" if nullable else ""))
+
+
+def _one_of(cfg: Any, field: str, choices: tuple, default: Any = None) -> None:
+    value = _get(cfg, field, default)
+    if value not in choices:
+        _fail(field, value, " | ".join(map(str, choices)))
+
+
+def _boolean(cfg: Any, field: str, default: Any = None) -> None:
+    value = _get(cfg, field, default)
+    if not isinstance(value, bool):
+        _fail(field, value, "true or false")
+
+
+def _in_range(cfg: Any, field: str, lo: float, hi: float, hi_open: bool, default: Any = None) -> None:
+    value = _get(cfg, field, default)
+    ok = _is_number(value) and lo <= value and (value < hi if hi_open else value <= hi)
+    if not ok:
+        _fail(field, value, f"a number in [{lo}, {hi}{')' if hi_open else ']'}")
+
+
+# ------------------------------------------------------------------------------------------ sections
+
+def _check_top(cfg: Any) -> None:
+    seed = _get(cfg, "seed", 0)
+    if not _is_int(seed) or seed < 0:
+        _fail("seed", seed, "an integer >= 0")
+    _boolean(cfg, "deterministic", False)
+    device = _get(cfg, "device", "auto")
+    name = str(device)
+    if not (name in ("auto", "cpu") or name == "cuda" or (name.startswith("cuda:") and name[5:].isdigit())):
+        _fail("device", device, "auto | cpu | cuda | cuda:N")
+    if name.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device={name!r}: no CUDA device is available here; accepted: auto or cpu "
+                              f"(or cuda on a machine with a GPU)")
+        index = int(name[5:]) if ":" in name else 0
+        if index >= torch.cuda.device_count():
+            _fail("device", device, f"cuda:0 .. cuda:{torch.cuda.device_count() - 1} (GPUs present)")
+
+
+def _check_train(cfg: Any) -> None:
+    _int_at_least(cfg, "train.batch_size", 1)
+    _positive(cfg, "train.max_epochs", nullable=True)
+    _positive(cfg, "train.max_time_s", nullable=True)
+    if _get(cfg, "train.max_epochs") is None and _get(cfg, "train.max_time_s") is None:
+        raise ConfigError("train.max_epochs and train.max_time_s are both null: the run would never stop; "
+                          "accepted: at least one of them set to a number > 0")
+    _int_at_least(cfg, "train.eval_every", 1, 1)
+    _int_at_least(cfg, "train.eval_batch_size", 1, 1024)
+    _one_of(cfg, "train.epoch_unit", ("considered", "backpropped"), "considered")
+    _int_at_least(cfg, "train.num_workers", 0, 0)
+    _boolean(cfg, "train.channels_last", False)
+    _one_of(cfg, "train.precision", PRECISIONS, "fp32")
+    _int_at_least(cfg, "train.checkpoint_every", 1, 1)
+    _boolean(cfg, "train.progress", True)
+    _boolean(cfg, "train.tensorboard", True)
+
+
+def _check_optimizer(cfg: Any) -> None:
+    if _get(cfg, "optimizer") is None:
+        raise ConfigError("optimizer: missing; accepted: a config group option such as optimizer=sgd")
+    _positive(cfg, "optimizer.lr")
+    for field in ("optimizer.momentum", "optimizer.weight_decay", "optimizer.dampening"):
+        value = _get(cfg, field, 0.0)
+        if not _is_number(value) or value < 0:
+            _fail(field, value, "a number >= 0")
+    if _get(cfg, "optimizer.nesterov", False) and (_get(cfg, "optimizer.momentum", 0.0) <= 0
+                                                   or _get(cfg, "optimizer.dampening", 0.0) != 0):
+        raise ConfigError("optimizer.nesterov=true needs optimizer.momentum > 0 and optimizer.dampening = 0")
+
+
+def _check_lr_schedule(cfg: Any) -> None:
+    milestones = _get(cfg, "lr_schedule.milestones", [])
+    accepted = "a list of strictly increasing epochs >= 0 (may be empty)"
+    if OmegaConf.is_config(milestones):
+        milestones = OmegaConf.to_container(milestones)
+    if not isinstance(milestones, list) or not all(_is_number(m) and m >= 0 for m in milestones):
+        _fail("lr_schedule.milestones", milestones, accepted)
+    if any(b <= a for a, b in zip(milestones, milestones[1:])):
+        _fail("lr_schedule.milestones", milestones, accepted)
+    _positive(cfg, "lr_schedule.gamma", 1.0)
+
+
+def _check_strategy(cfg: Any) -> None:
+    from selective_backprop.engine.strategies import STRATEGIES, build_strategy
+    from selective_backprop.selection import rules
+
+    name = _get(cfg, "strategy.name")
+    if name not in STRATEGIES:
+        _fail("strategy.name", name, " | ".join(STRATEGIES))
+    batch_size = _get(cfg, "train.batch_size")
+    if name in ("sb", "stale_sb", "uniform"):
+        rules.resolve_beta(_get(cfg, "strategy.beta"), _get(cfg, "strategy.selectivity"))
+    if name in ("sb", "stale_sb"):
+        _int_at_least(cfg, "strategy.history", 1, 1024)
+        _in_range(cfg, "strategy.prob_min", 0.0, 1.0, False, 0.0)
+        _int_at_least(cfg, "strategy.select_batch_size", 1, nullable=True)
+    if name == "stale_sb":
+        _int_at_least(cfg, "strategy.staleness", 1, 3)
+    if name == "kath18":
+        selectivity = _get(cfg, "strategy.selectivity", 1 / 3)
+        if not _is_number(selectivity) or not 0 < selectivity <= 1:
+            _fail("strategy.selectivity", selectivity, "a number in (0, 1]")
+        presample = int(round(batch_size / selectivity))
+        if presample <= batch_size:
+            raise ConfigError(f"strategy.selectivity={selectivity!r}: Kath18's presample ratio B/b = "
+                              f"{presample}/{batch_size} must be > 1; accepted: selectivity < 1 "
+                              f"(round(train.batch_size / selectivity) > train.batch_size)")
+        _one_of(cfg, "strategy.score", ("loss", "gnorm"), "loss")
+        _boolean(cfg, "strategy.reweight", False)
+        _in_range(cfg, "strategy.tau_momentum", 0.0, 1.0, True, 0.9)
+    if name in ("sb", "stale_sb", "kath18"):
+        _one_of(cfg, "strategy.select_mode", ("eval", "train"), "eval")
+        _one_of(cfg, "strategy.select_precision", PRECISIONS, "fp32")
+    # Whatever the strategy's own constructor checks too (cheap: no tensors are allocated).
+    build_strategy(cfg.strategy, int(batch_size), int(_get(cfg, "seed", 0)))
+
+
+def _check_model(cfg: Any) -> None:
+    from selective_backprop.models import MODELS
+
+    name = _get(cfg, "model.name")
+    if name not in MODELS:
+        _fail("model.name", name, " | ".join(sorted(MODELS)))
+    width = _get(cfg, "model.width")
+    if width is not None and (not _is_int(width) or width < 1):
+        _fail("model.width", width, "an integer >= 1")
+    dropout = _get(cfg, "model.dropout")
+    if dropout is not None:
+        _in_range(cfg, "model.dropout", 0.0, 1.0, True)
+
+
+def _check_dataset(cfg: Any) -> None:
+    from selective_backprop.data.datasets import DATASET_INFO, _parse
+
+    if _get(cfg, "dataset") is None:
+        raise ConfigError("dataset: missing; accepted: a config group option such as dataset=fashion_mnist")
+    opt = _parse(cfg.dataset)        # name, root, download, subset >= 1, label_noise in [0, 1), stats, augment
+    info = DATASET_INFO[opt.name]
+    train_size = info.train_size if opt.name != "svhn" or opt.extra else 73257   # SVHN train without extra
+    if opt.subset is not None and opt.subset > train_size:
+        raise ConfigError(f"dataset.subset: {opt.subset} is out of range; accepted: an integer in "
+                          f"[1, {train_size}] (the {info.title} training set) or null")
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Raise ConfigError (one line: field and accepted range) for the first unusable value in `cfg`."""
+    _check_top(cfg)
+    _check_train(cfg)
+    _check_optimizer(cfg)
+    _check_lr_schedule(cfg)
+    _check_model(cfg)
+    _check_dataset(cfg)
+    _check_strategy(cfg)
+
+
+# ---------------------------------------------------------------------------------- output directory
+
+@dataclass
+class RunDirState:
+    """What an output directory holds for the run about to start."""
+
+    path: Path
+    summary: dict | None          # its summary.json, when that belongs to this run
+    checkpoint: Path | None       # its checkpoint.pt, when present
+
+    @property
+    def finished(self) -> bool:
+        return self.summary is not None and self.summary.get("status") in FINISHED
+
+
+def _identity(cfg: DictConfig) -> tuple[str, int]:
+    from selective_backprop.engine.records import config_key
+
+    return config_key(OmegaConf.to_container(cfg, resolve=True)), int(_get(cfg, "seed", 0))
+
+
+def check_run_dir(cfg: DictConfig, output_dir: str | Path) -> RunDirState:
+    """Inspect `output_dir` before anything is written to it.
+
+    A run record belongs to this run when its config_key (engine/records.py: the config without
+    machine-only keys) and its seed match. A directory holding another run's record is refused, so
+    nothing is written over earlier results.
+    """
+    from selective_backprop.engine.checkpoint import checkpoint_path, load_checkpoint
+
+    run_dir = Path(output_dir)
+    key, seed = _identity(cfg)
+    summary_path, ckpt = run_dir / "summary.json", checkpoint_path(run_dir)
+    summary = None
+    found: tuple[Any, Any, Any] | None = None
+    if summary_path.is_file():
+        try:
+            summary = json.loads(summary_path.read_text())
+            if not isinstance(summary, dict):
+                raise ValueError("not a JSON object")
+        except (OSError, ValueError) as err:
+            raise ConfigError(f"output directory: '{summary_path}' is unreadable ({err}); accepted: an empty "
+                              f"directory or one holding this run (move that file away)") from err
+        found = (summary.get("config_key"), summary.get("seed"), summary.get("status"))
+    elif ckpt.is_file():
+        state = load_checkpoint(ckpt)
+        found = (state.get("config_key"), state.get("seed"), "checkpointed")
+    if found is not None and (found[0], found[1]) != (key, seed):
+        raise ConfigError(f"output directory: '{run_dir}' holds a {found[2]} run of a different config "
+                          f"(config_key {found[0]}, seed {found[1]}; this run: config_key {key}, seed {seed}); "
+                          f"accepted: an empty directory or one holding this same run; "
+                          f"set another hydra.run.dir (nothing was overwritten)")
+    return RunDirState(run_dir, summary, ckpt if ckpt.is_file() else None)
