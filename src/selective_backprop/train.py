@@ -13,6 +13,10 @@ checkpoint.pt, or returns at once if it already finished. Exit codes (single run
 
 In a Hydra multirun (`-m`) a failing job raises instead of exiting, so Hydra records it as failed and
 runs the remaining jobs; Hydra then reports the first failure and exits 1. Preemption stops the sweep (75).
+
+Data parallel: `torchrun --nproc_per_node=K -m selective_backprop.train ...` (or K submitit tasks per
+job) trains with DistributedDataParallel, see engine/distributed.py. Every rank runs this entry point;
+they all use rank 0's output directory, and only rank 0 writes there (Hydra's own files included).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import json
 import logging
 import signal
 import sys
+import time
 from pathlib import Path
 
 import hydra
@@ -57,6 +62,8 @@ def run(cfg: DictConfig, output_dir: str, data_bundle=None) -> float:
     `output_dir`/checkpoint.pt when it holds this run; returns the recorded error at once when this run
     already finished there. Raises Preempted when SIGTERM/SIGINT stopped it (see train.main).
     """
+    from selective_backprop.engine import checkpoint as ckpt
+    from selective_backprop.engine import distributed
     from selective_backprop.engine.trainer import Preempted, Trainer
     from selective_backprop.validate import check_run_dir, validate_config
 
@@ -67,16 +74,20 @@ def run(cfg: DictConfig, output_dir: str, data_bundle=None) -> float:
         log.info("run dir %s already holds this run, finished (%s): final test error %s; nothing to do",
                  output_dir, state.summary["status"], error)
         return float("nan") if error is None else float(error)
+    dist = distributed.current()
+    if state.checkpoint is not None:      # another number of processes: refused before any work
+        ckpt.check_world_size(state.checkpoint, ckpt.saved_world_size(state.checkpoint), dist.world_size)
     try:
         trainer = Trainer(cfg, output_dir, data_bundle=data_bundle)
         resumed = trainer.resume(state.checkpoint) if state.checkpoint is not None else None
     except ConfigError:
         raise
     except Exception as err:
-        _write_failed_summary(cfg, output_dir, err)
+        if dist.is_main:
+            _write_failed_summary(cfg, output_dir, err)
         raise
     log.info("run dir: %s | %s on %s, %s, strategy %s %s", output_dir, cfg.model.name, cfg.dataset.name,
-             trainer.device, trainer.strategy.name, trainer.strategy.params())
+             trainer.device, trainer.strategy.name, trainer.strategy_params())
     if resumed is not None:
         log.info("resuming from %s: %d epochs done, %d evaluations recorded", state.checkpoint, resumed,
                  len(trainer.history))
@@ -98,44 +109,85 @@ def _signal_name() -> str:
     return signal.Signals(PREEMPTION.signum).name if PREEMPTION.signum is not None else "?"
 
 
-def install_preemption_handlers() -> None:
+def install_preemption_handlers(repeat_grace_s: float = 0.0) -> None:
     """SIGTERM/SIGINT set the trainer's preemption flag (the CLI process only; never in library use).
 
     The trainer stops at the next step boundary, writes the last epoch boundary's checkpoint and
     summary.json status "preempted"; main() exits 75. A second signal aborts at once (KeyboardInterrupt);
-    checkpoint.pt is written atomically, so the one on disk stays valid.
+    checkpoint.pt is written atomically, so the one on disk stays valid. A second signal within
+    `repeat_grace_s` of the first is taken for the same request and ignored: data-parallel workers can
+    get the cluster's SIGTERM and torchrun's forwarded copy of it.
     """
     from selective_backprop.engine.trainer import PREEMPTION
 
+    first: list[float] = []
+
     def handler(signum, frame):
         if PREEMPTION.requested:
+            if first and time.monotonic() - first[0] < repeat_grace_s:
+                return
             raise KeyboardInterrupt(f"second {signal.Signals(signum).name}: aborting")
+        first[:] = [time.monotonic()]
         PREEMPTION.request(signum)
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, handler)
 
 
+def _quiet_nonzero_rank() -> None:
+    """A data-parallel rank r > 0 logs warnings and errors only (rank 0 reports the run) and to the
+    console only: the run directory's Hydra log file is rank 0's."""
+    logging.getLogger("selective_backprop").setLevel(logging.WARNING)
+    for handler in list(logging.getLogger().handlers):
+        if isinstance(handler, logging.FileHandler):
+            logging.getLogger().removeHandler(handler)
+            handler.close()
+
+
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="config")
-def main(cfg: DictConfig) -> float:
+def _hydra_main(cfg: DictConfig) -> float:
     """Hydra entry: returns the final test error (what a sweeper optimises); exit codes in the module doc."""
+    from selective_backprop.engine import distributed
     from selective_backprop.engine.trainer import DivergedError, Preempted
 
     hydra_cfg = HydraConfig.get()
     output_dir = hydra_cfg.runtime.output_dir
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
-    install_preemption_handlers()
+    dist = distributed.init_from_env(str(cfg.get("device", "auto")))    # no-op for a single process
+    install_preemption_handlers(repeat_grace_s=10.0 if dist.enabled else 0.0)
+    if dist.enabled:
+        if not dist.is_main:
+            _quiet_nonzero_rank()
+        output_dir = dist.agree_output_dir(output_dir)
+    # errors every rank meets alike (config, divergence, preemption) are reported by rank 0 alone
+    report = log.warning if dist.is_main else log.debug
     try:
         return run(cfg, output_dir)
     except Preempted as err:
-        log.warning("%s", err)
+        report("%s", err)
         sys.exit(EXIT_PREEMPTED)
     except (ConfigError, DivergedError) as err:
         kind = "diverged: " if isinstance(err, DivergedError) else ""
-        log.error("%s%s", kind, err)
+        (log.error if dist.is_main else log.debug)("%s%s", kind, err)
         if multirun:        # Hydra's launcher marks this job failed and runs the others
             raise
         sys.exit(EXIT_DIVERGED if isinstance(err, DivergedError) else EXIT_CONFIG)
+
+
+# Overrides that keep Hydra itself from writing into the run directory on a data-parallel rank r > 0
+# (no .hydra/ snapshot, no log file): rank 0 writes those.
+_NONZERO_RANK_HYDRA = ("hydra.output_subdir=null", "hydra/job_logging=stdout")
+
+
+def main() -> None:
+    """Console entry point (`sb-train`, `python -m selective_backprop.train`): Hydra's main, after telling
+    Hydra on a data-parallel rank r > 0 not to write its files (see _NONZERO_RANK_HYDRA)."""
+    from selective_backprop.engine import distributed
+
+    if distributed.launched_world_size() > 1 and distributed.launched_rank() > 0:
+        given = {arg.split("=", 1)[0].lstrip("+~") for arg in sys.argv[1:] if "=" in arg}
+        sys.argv += [o for o in _NONZERO_RANK_HYDRA if o.split("=", 1)[0] not in given]
+    _hydra_main()
 
 
 if __name__ == "__main__":

@@ -79,6 +79,25 @@ def save_checkpoint(payload: dict, path: str | Path, before_rename: Callable[[],
         pass
 
 
+def check_world_size(path: str | Path, saved: int, running: int) -> None:
+    """Refuse to resume a checkpoint written by another number of data-parallel processes (one line)."""
+    if int(saved) != int(running):
+        how = f"torchrun --nproc_per_node={saved} ..." if saved > 1 else "a single process (no torchrun)"
+        raise ConfigError(f"checkpoint '{path}' was written by {saved} data-parallel process(es), this run has "
+                          f"{running}; accepted: resume with the same number ({how}), or use another hydra.run.dir")
+
+
+def saved_world_size(path: str | Path) -> int:
+    """How many data-parallel processes wrote the checkpoint at `path` (memory-mapped: cheap; 1 for
+    checkpoints from before data parallelism). ConfigError naming the file if unusable."""
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError):
+        return int(load_checkpoint(path).get("world_size", 1))      # the full load names the problem
+    return int(state.get("world_size", 1)) if isinstance(state, dict) else 1
+
+
 def load_checkpoint(path: str | Path) -> dict:
     """The payload at `path`, loaded on the CPU with weights_only=True; ConfigError naming the file if unusable."""
     path = Path(path)

@@ -2,15 +2,24 @@
 
 A strategy turns one epoch of the data source into training batches; the trainer decides how to
 train on them. Strategies count what they consider, forward and keep in `ctx.counters`.
+
+Data parallel (`ctx.dist.world_size` K > 1): every rank runs its own strategy on its shard of each
+epoch, and the strategies stay in lockstep: SB's loss history is global (the selection losses are
+all-gathered, rank order), every rank emits the same number of packed batches (the minimum ready on
+any rank; the rest is carried), Stale-SB's probability table is filled from the gathered stream, and
+Kath18's τ is averaged over ranks with one agreed gate decision per step. With K = 1 none of this
+runs: the single-process code paths are unchanged.
 """
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 import torch
 
+from selective_backprop.engine.distributed import SINGLE, Dist
 from selective_backprop.engine.source import Batch
 from selective_backprop.engine.timing import PhaseTimer
 from selective_backprop.errors import ConfigError
@@ -69,6 +78,7 @@ class Context:
     device: torch.device
     loss_fn: Callable = per_example_cross_entropy
     extras: dict = field(default_factory=dict)
+    dist: Dist = SINGLE                # data parallelism (engine/distributed.py); SINGLE: one process
 
     def select_forward(self, x: torch.Tensor, y: torch.Tensor, mode: str, precision: str):
         """Selection forward (no grad), timed as `select_forward`; returns (losses, logits)."""
@@ -129,15 +139,34 @@ class _Packing(Strategy):
         self.beta, self.selectivity = rules.resolve_beta(_get(cfg, "beta"), _get(cfg, "selectivity"))
         self.packer = BatchPacker(batch_size)
 
-    def _pack(self, b: Batch, mask: torch.Tensor) -> Iterator[TrainBatch]:
+    def _pack(self, b: Batch, mask: torch.Tensor, ctx: Context | None = None) -> Iterator[TrainBatch]:
         self.packer.add([b.idx, b.x, b.y], mask)
-        for idx, x, y in self.packer.pop_ready():
+        yield from self._emit(ctx)
+
+    def _emit(self, ctx: Context | None) -> Iterator[TrainBatch]:
+        """The full batches ready; data parallel: only as many as every rank has (the rest is carried)."""
+        if ctx is None or ctx.dist.world_size == 1:
+            for idx, x, y in self.packer.pop_ready():
+                yield TrainBatch(idx, x, y)
+            return
+        agreed = ctx.dist.min_int(self.packer.ready_batches())
+        for idx, x, y in itertools.islice(self.packer.pop_ready(), agreed):
             yield TrainBatch(idx, x, y)
 
     def _train_on_chosen(self, chosen: torch.Tensor, epoch: int, ctx: Context) -> Iterator[TrainBatch]:
         """Load, augment and pack only the chosen indices (no selection forward)."""
-        for b in ctx.source.batches(chosen, self.batch_size, epoch):
-            yield from self._pack(b, torch.ones(b.x.shape[0], dtype=torch.bool, device=b.x.device))
+        if ctx.dist.world_size == 1:
+            for b in ctx.source.batches(chosen, self.batch_size, epoch):
+                yield from self._pack(b, torch.ones(b.x.shape[0], dtype=torch.bool, device=b.x.device))
+            return
+        # ranks chose different numbers of examples: all take as many packing rounds as the busiest one
+        rounds = ctx.dist.max_int(-(-chosen.shape[0] // self.batch_size))
+        loads = ctx.source.batches(chosen, self.batch_size, epoch)
+        for _ in range(rounds):
+            b = next(loads, None)
+            if b is not None:
+                self.packer.add([b.idx, b.x, b.y], torch.ones(b.x.shape[0], dtype=torch.bool, device=b.x.device))
+            yield from self._emit(ctx)
 
     def state_dict(self) -> dict:
         return {"packer": self.packer.state_dict()}
@@ -170,14 +199,21 @@ class SelectiveBackprop(_Packing):
     def _select_pass(self, epoch: int, ctx: Context) -> Iterator[tuple[Batch, torch.Tensor, torch.Tensor]]:
         for b in ctx.source.batches(ctx.source.permutation(epoch), self.select_batch_size, epoch):
             losses, _ = ctx.select_forward(b.x, b.y, self.select_mode, self.select_precision)
-            mask, probs = self.selector.select(losses)
+            mask, probs = self._select(b, losses, ctx)
             ctx.counters.considered += b.x.shape[0]
             ctx.counters.add_kept(mask.sum())
             yield b, mask, probs
 
+    def _select(self, b: Batch, losses: torch.Tensor, ctx: Context) -> tuple[torch.Tensor, torch.Tensor]:
+        """(keep mask, probabilities); data parallel: the CDF is over every rank's losses (rank order)."""
+        if ctx.dist.world_size == 1:
+            return self.selector.select(losses)
+        all_losses, offset = ctx.dist.all_gather_cat(losses)
+        return self.selector.select(losses, all_losses=all_losses, offset=offset)
+
     def epoch(self, epoch: int, ctx: Context) -> Iterator[TrainBatch]:
         for b, mask, _ in self._select_pass(epoch, ctx):
-            yield from self._pack(b, mask)
+            yield from self._pack(b, mask, ctx)
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "selector": self.selector.state_dict()}
@@ -212,13 +248,25 @@ class StaleSB(SelectiveBackprop):
         if epoch % self.staleness == 0:
             for b, mask, probs in self._select_pass(epoch, ctx):
                 self.prob_table[b.idx] = probs
-                yield from self._pack(b, mask)
+                yield from self._pack(b, mask, ctx)
             return
         order = ctx.source.permutation(epoch).to(ctx.device)
         mask = rules.draw(self.prob_table[order], self.selector.generator.get(ctx.device))
         ctx.counters.considered += order.shape[0]
         ctx.counters.add_kept(mask.sum())
         yield from self._train_on_chosen(order[mask], epoch, ctx)
+
+    def _select(self, b: Batch, losses: torch.Tensor, ctx: Context) -> tuple[torch.Tensor, torch.Tensor]:
+        """Data parallel: every rank computes the whole gathered stream's probabilities and stores them
+        all, so the table is global (identical on every rank) whichever rank gets an example next."""
+        if ctx.dist.world_size == 1:
+            return super()._select(b, losses, ctx)
+        all_losses, offset = ctx.dist.all_gather_cat(losses)
+        all_idx, _ = ctx.dist.all_gather_cat(b.idx)
+        all_probs = self.selector.probabilities(all_losses)
+        self.prob_table[all_idx] = all_probs
+        probs = all_probs[offset:offset + losses.shape[0]]
+        return rules.draw(probs, self.selector.generator.get(probs.device)), probs
 
     def state_dict(self) -> dict:
         table = None if self.prob_table is None else self.prob_table.cpu()
@@ -317,6 +365,7 @@ class Kath18(Strategy):
         self.generator = SeededGenerator(seed)
         self.importance_steps = 0
         self.uniform_steps = 0
+        self.dist: Dist = SINGLE          # set from the context each epoch
 
     def params(self) -> dict:
         return {"selectivity": self.selectivity, "presample": self.presample, "score": self.score,
@@ -328,6 +377,8 @@ class Kath18(Strategy):
 
     def _update_tau(self, scores: torch.Tensor) -> None:
         estimate = rules.tau_estimate(scores)
+        if self.dist.world_size > 1:        # one global τ: the mean of the ranks' estimates
+            estimate = self.dist.mean(estimate)
         if self.tau is None:
             self.tau = torch.zeros((), device=scores.device)
             self._tau_reader = LaggedReader(scores.device)
@@ -335,10 +386,15 @@ class Kath18(Strategy):
         self._tau_reader.submit(self.tau.to(torch.float64))
 
     def gate_open(self) -> bool:
-        """τ > τ_th, as the host last saw τ (one update late on CUDA)."""
-        return self._tau_reader is not None and float(self._tau_reader.value) > self.tau_th
+        """τ > τ_th, as the host last saw τ (one update late on CUDA); data parallel: open on every rank
+        or on none (the gate decides how many examples a step consumes, so ranks must agree)."""
+        is_open = self._tau_reader is not None and float(self._tau_reader.value) > self.tau_th
+        if self.dist.world_size > 1:
+            return self.dist.all_true(is_open)
+        return is_open
 
     def epoch(self, epoch: int, ctx: Context) -> Iterator[TrainBatch]:
+        self.dist = ctx.dist
         n = len(ctx.source)
         stream = _ExampleStream(ctx.source.batches(ctx.source.with_replacement(epoch, n), self.batch_size, epoch))
         while True:

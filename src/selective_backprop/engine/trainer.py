@@ -16,6 +16,8 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from selective_backprop.engine import checkpoint as ckpt
+from selective_backprop.engine import distributed
+from selective_backprop.engine.distributed import ShardedSource
 from selective_backprop.engine.records import RunRecorder, config_key
 from selective_backprop.engine.device_source import build_source
 from selective_backprop.engine.source import derive_seed
@@ -66,12 +68,32 @@ class _StopRequested(Exception):
 
 
 class _PreemptibleContext(Context):
-    """The strategies' context, polling the preemption flag before each selection forward."""
+    """The strategies' context, polling the preemption flag before each selection forward.
+
+    Data parallel, a rank never stops on its own inside the strategy (the others would wait for it in
+    the next collective): ranks agree on preemption after every step instead (Trainer._run_epoch).
+    """
 
     def select_forward(self, *args, **kwargs):
-        if PREEMPTION.requested:
+        if PREEMPTION.requested and self.dist.world_size == 1:
             raise _StopRequested
         return super().select_forward(*args, **kwargs)
+
+
+class _NullRecorder:
+    """The run record of a data-parallel rank r > 0: rank 0 writes it, the others write nothing."""
+
+    def start(self, rows: list[dict]) -> None:
+        pass
+
+    def log_eval(self, row: dict) -> None:
+        pass
+
+    def write_summary(self, summary: dict) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 def _test_pause(point: str, epoch: int) -> None:
@@ -92,6 +114,16 @@ def _test_pause(point: str, epoch: int) -> None:
     deadline = time.monotonic() + float(os.environ.get("SB_TEST_PAUSE_S", "600"))
     while time.monotonic() < deadline and not PREEMPTION.requested:
         time.sleep(0.05)
+
+
+def _test_dump_rank_state(trainer: "Trainer") -> None:
+    """Test hook, inert unless SB_TEST_RANK_STATE_DIR is set (tests/test_distributed.py): at the end of
+    a run every rank saves its model state and own counters to <dir>/rank<r>.pt (outside the run dir)."""
+    folder = os.environ.get("SB_TEST_RANK_STATE_DIR")
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        torch.save({"model": trainer.model.state_dict(), "counters": trainer.counters.snapshot()},
+                   Path(folder) / f"rank{trainer.dist.rank}.pt")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -120,25 +152,40 @@ class Trainer:
     """Builds the run from a composed config and trains it, writing the run record to `output_dir`."""
 
     def __init__(self, cfg: DictConfig, output_dir: str, data_bundle: Any = None):
-        from selective_backprop.data import build_data
         from selective_backprop.models import build_model
 
         validate_config(cfg)           # refuse bad input before building anything heavy
         self.cfg = cfg
         self.output_dir = output_dir
+        self.dist = distributed.current()          # K > 1 under torchrun / submitit tasks (engine/distributed.py)
         self.device = resolve_device(str(cfg.device))
+        if self.dist.enabled and self.device.type == "cuda" and self.device.index is None:
+            self.device = torch.device("cuda", torch.cuda.current_device())    # cuda:LOCAL_RANK
         set_determinism(bool(cfg.deterministic))
         torch.manual_seed(cfg.seed)
         tcfg = cfg.train
-        self.batch_size = int(tcfg.batch_size)
+        self.global_batch_size = int(tcfg.batch_size)
+        if self.global_batch_size % self.dist.world_size:
+            raise ConfigError(f"train.batch_size={self.global_batch_size}: not divisible by the {self.dist.world_size} "
+                              f"data-parallel processes; accepted: a multiple of {self.dist.world_size} (the global "
+                              f"batch, split evenly over the ranks)")
+        self.batch_size = self.global_batch_size // self.dist.world_size     # this rank's share of b
         self.unit = str(tcfg.get("epoch_unit", "considered"))
-        self.strategy = build_strategy(cfg.strategy, self.batch_size, int(cfg.seed))
-        self.data = data_bundle if data_bundle is not None else build_data(cfg.dataset, int(cfg.seed))
+        self.strategy = build_strategy(self._rank_strategy_cfg(), self.batch_size, self.dist.rank_seed(int(cfg.seed)))
+        # the run's strategy parameters are those of the global batch (what the config describes)
+        self._params_strategy = (build_strategy(cfg.strategy, self.global_batch_size, int(cfg.seed))
+                                 if self.dist.enabled else self.strategy)
+        self.data = data_bundle if data_bundle is not None else self._build_data()
         model_kwargs = {k: v for k, v in OmegaConf.to_container(cfg.model).items() if k != "name"}
         self.model = build_model(cfg.model.name, num_classes=self.data.num_classes,
                                  in_channels=self.data.in_channels, **model_kwargs).to(self.device)
         self.memory_format = torch.channels_last if tcfg.get("channels_last", False) else torch.contiguous_format
         self.model = self.model.to(memory_format=self.memory_format)
+        self.ddp = None                  # the training forward's wrapper; selection and evaluation use self.model
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+            self.ddp = DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         from hydra.utils import instantiate
         self.optimizer = instantiate(cfg.optimizer)(params=self.model.parameters())
         self.base_lr = float(cfg.optimizer.lr)
@@ -150,13 +197,18 @@ class Trainer:
         self.counters = Counters()
         self.source = build_source(str(cfg.dataset.get("loader", "torch")), self.data, self.device, int(cfg.seed),
                                    self.timer, int(tcfg.get("num_workers", 0)), bool(tcfg.get("channels_last", False)))
+        if self.dist.enabled:
+            self.source = ShardedSource(self.source, self.dist.rank, self.dist.world_size)
         self.n_train = len(self.source)
+        # examples one epoch considers: the permutation truncated to a multiple of K (all of them for K = 1)
+        self.epoch_examples = self.n_train - self.n_train % self.dist.world_size
         self.ctx = _PreemptibleContext(self.model, self.source, self.timer, self.counters, self.batch_size,
-                                       self.device)
+                                       self.device, dist=self.dist)
         x_test, y_test = self.data.test_arrays()
         self.test_x, self.test_y = self._normalise(x_test), y_test.to(self.device)
         self.noisy = None if self.data.noisy is None else self.data.noisy.to(self.device)
-        self.recorder = RunRecorder(output_dir, bool(tcfg.get("tensorboard", True)))
+        self.recorder = (RunRecorder(output_dir, bool(tcfg.get("tensorboard", True))) if self.dist.is_main
+                         else _NullRecorder())
         self.history: list[dict] = []
         self.next_epoch = 0
         self.status = "running"
@@ -169,16 +221,66 @@ class Trainer:
         self.saved_epoch: int | None = None      # epochs completed in the checkpoint.pt on disk
 
     # -- pieces --------------------------------------------------------------------------------
+    def _rank_strategy_cfg(self) -> Any:
+        """The strategy config a rank runs with: an explicit selection batch is split over the ranks too."""
+        scfg = self.cfg.strategy
+        if not self.dist.enabled or scfg.get("select_batch_size") is None:
+            return scfg
+        scfg = OmegaConf.create(OmegaConf.to_container(scfg, resolve=True))
+        scfg.select_batch_size = -(-int(scfg.select_batch_size) // self.dist.world_size)
+        return scfg
+
+    def _build_data(self) -> Any:
+        """The data bundle; data parallel, one process per node prepares the files (decompression,
+        download) while the node's other processes wait, then they read them."""
+        from selective_backprop.data import build_data
+
+        if not self.dist.enabled:
+            return build_data(self.cfg.dataset, int(self.cfg.seed))
+        first = self.dist.local_rank == 0
+        if not first:
+            self.dist.barrier(timeout_s=4 * 3600)
+        try:
+            return build_data(self.cfg.dataset, int(self.cfg.seed))
+        finally:
+            if first:
+                self.dist.barrier(timeout_s=4 * 3600)
+
+    def _epoch_seed(self, epoch: int) -> int:
+        """Seed of torch's global RNG for `epoch` (augmentation, dropout); ranks r > 0 get their own."""
+        if self.dist.rank == 0:
+            return derive_seed(int(self.cfg.seed), epoch, 3)
+        return derive_seed(int(self.cfg.seed), epoch, 3, self.dist.rank)
+
+    def _counts(self) -> dict[str, int]:
+        """Run counters; data parallel: example counts summed over ranks (steps are equal on every rank)."""
+        counts = self.counters.snapshot()
+        if self.dist.enabled:
+            keys = ("considered", "select_forwarded", "train_forwarded", "backpropped", "kept")
+            counts.update(zip(keys, self.dist.sum_ints([counts[k] for k in keys])))
+        return counts
+
+    def _times(self) -> tuple[float, dict[str, float], float]:
+        """(train_s, phase_s, eval_s); data parallel: the slowest rank's, each."""
+        train_s, phases, eval_s = self.timer.train_s, self.timer.phase_s(), self.timer.eval_s
+        if self.dist.enabled:
+            values = self.dist.max_floats([train_s, eval_s, *phases.values()])
+            train_s, eval_s, phases = values[0], values[1], dict(zip(phases, values[2:]))
+        return train_s, phases, eval_s
+
     def _normalise(self, x_uint8: torch.Tensor) -> torch.Tensor:
         mean = torch.tensor(self.data.mean).view(1, -1, 1, 1)
         std = torch.tensor(self.data.std).view(1, -1, 1, 1)
         x = (x_uint8.float() / 255.0 - mean) / std
         return x.to(self.device).contiguous(memory_format=self.memory_format)
 
-    def _fresh_interval(self) -> dict:
+    def _fresh_interval(self, counts: dict | None = None) -> dict:
+        """A new evaluation interval; `counts` (global, data parallel) are its baselines, else this process's."""
         zero = torch.zeros((), device=self.device)
+        considered, kept = ((self.counters.considered, self.counters.kept) if counts is None
+                            else (counts["considered"], counts["kept"]))
         return {"loss_sum": zero.clone(), "trained": 0, "noisy": zero.clone(),
-                "considered": self.counters.considered, "kept": self.counters.kept}
+                "considered": considered, "kept": kept}
 
     def _set_lr(self, epoch: float) -> float:
         lr = self.base_lr * lr_factor(epoch, self.milestones, self.gamma)
@@ -187,18 +289,27 @@ class Trainer:
         return lr
 
     def progress(self) -> float:
-        """Epochs completed in the configured unit."""
+        """Epochs completed in the configured unit.
+
+        Data parallel, no collective is needed: every rank considers the same number of examples per
+        epoch (equal shards) and backprops the same number per step (agreed batches of b/K), so the
+        global count is K times this rank's.
+        """
         done = self.counters.considered if self.unit == "considered" else self.counters.backpropped
-        return done / self.n_train
+        if self.dist.world_size == 1:
+            return done / self.n_train
+        total = done * self.dist.world_size
+        return total / (self.epoch_examples if self.unit == "considered" else self.n_train)
 
     def train_step(self, batch: TrainBatch) -> None:
-        """Training forward + backward + optimizer step on one batch."""
-        self.model.train()
+        """Training forward + backward + optimizer step on one batch (data parallel: DDP averages gradients)."""
+        net = self.model if self.ddp is None else self.ddp
+        net.train()
         autocast = (torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype is not None
                     else contextlib.nullcontext())
         with self.timer.phase("train_forward"):
             with autocast:
-                logits = self.model(batch.x)
+                logits = net(batch.x)
             losses = F.cross_entropy(logits.float(), batch.y, reduction="none")
             loss = losses.mean() if batch.weight is None else (losses * batch.weight).mean()
         with self.timer.phase("backward"):
@@ -221,74 +332,101 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> tuple[float, float]:
-        """(test error, test loss) over the whole test set."""
+        """(test error, test loss) over the whole test set; data parallel: each rank takes every K-th
+        chunk and the sums are all-reduced, so every rank gets the same numbers."""
         self.model.eval()
         errors = torch.zeros((), device=self.device)
         loss_sum = torch.zeros((), device=self.device)
         step = int(self.cfg.train.get("eval_batch_size", 1024))
-        for i in range(0, self.test_x.shape[0], step):
+        for chunk, i in enumerate(range(0, self.test_x.shape[0], step)):
+            if self.dist.enabled and chunk % self.dist.world_size != self.dist.rank:
+                continue
             logits = self.model(self.test_x[i:i + step]).float()
             y = self.test_y[i:i + step]
             loss_sum += F.cross_entropy(logits, y, reduction="sum")
             errors += (logits.argmax(1) != y).sum()
+        if self.dist.enabled:
+            errors, loss_sum = self.dist.sum_(torch.stack([errors, loss_sum]))
         n = self.test_x.shape[0]
         return float(errors) / n, float(loss_sum) / n
 
     def _check_finite(self) -> None:
-        if bool(self._nonfinite):
+        bad = bool(self._nonfinite)
+        if self.dist.enabled:             # every rank raises, or none
+            bad = self.dist.any_flags([bad])[0]
+        if bad:
             raise DivergedError(f"training loss became non-finite by step {self.counters.steps} "
                                 f"(epoch {self.progress():.2f}); lower optimizer.lr or check the data")
 
     def _record_eval(self) -> dict:
         self._check_finite()
+        if self.dist.enabled:                 # BatchNorm statistics: rank 0's, as DDP's forward uses
+            self.dist.broadcast_buffers(self.model)
         with self.timer.evaluating():
             error, test_loss = self.evaluate()
         if not math.isfinite(test_loss):      # weights blew up after the last (finite) training loss
             raise DivergedError(f"test loss became non-finite by step {self.counters.steps} "
                                 f"(epoch {self.progress():.2f}); lower optimizer.lr or check the data")
-        counts = self.counters.snapshot()
+        counts = self._counts()
         iv = self._interval
-        trained = max(iv["trained"], 1)
+        n_trained, loss_total, noisy_total = iv["trained"], float(iv["loss_sum"]), float(iv["noisy"])
+        if self.dist.enabled:
+            n_trained = self.dist.sum_ints([n_trained])[0]
+            loss_total, noisy_total = self.dist.sum_floats([loss_total, noisy_total])
+        trained = max(n_trained, 1)
         considered = counts["considered"] - iv["considered"]
+        train_s, phase_s, eval_s = self._times()
         row = {
             "epoch": round(self.progress(), 6), "step": counts["steps"],
             "examples_forwarded": counts["select_forwarded"] + counts["train_forwarded"],
             "examples_backpropped": counts["backpropped"], "examples_considered": counts["considered"],
-            "train_s": self.timer.train_s, "phase_s": self.timer.phase_s(), "eval_s": self.timer.eval_s,
+            "train_s": train_s, "phase_s": phase_s, "eval_s": eval_s,
             "test_error": error, "test_loss": test_loss,
-            "train_loss": float(iv["loss_sum"]) / trained if iv["trained"] else float("nan"),
+            "train_loss": loss_total / trained if n_trained else float("nan"),
             "lr": self.optimizer.param_groups[0]["lr"],
             "selected_fraction": (counts["kept"] - int(iv["kept"])) / considered if considered else 0.0,
             "wall_s": time.time() - self._wall_start,
         }
         if self.noisy is not None:
-            row["selected_noisy_fraction"] = float(iv["noisy"]) / trained
+            row["selected_noisy_fraction"] = noisy_total / trained
         self.history.append(row)
         self.recorder.log_eval(row)
-        self._interval = self._fresh_interval()
+        self._interval = self._fresh_interval(counts if self.dist.enabled else None)
         _test_pause("eval", int(round(row["epoch"])))
         log.info("epoch %.2f | test error %.4f | test loss %.4f | train %.1fs | backpropped %d | %s",
                  row["epoch"], error, test_loss, row["train_s"], row["examples_backpropped"],
                  " ".join(f"{k}={v:.1f}s" for k, v in row["phase_s"].items()))
         return row
 
-    def summary(self) -> dict:
+    def strategy_params(self) -> dict:
+        """The strategy's parameters for the whole run (global batch; per-rank values differ under DP)."""
+        return self._params_strategy.params()
+
+    def summary(self, collective: bool = True) -> dict:
+        """The summary.json payload. Data parallel, it sums counters and takes the slowest rank's times
+        (collectives: every rank calls it); `collective=False` gives this rank's own view instead, for a
+        failure that only this rank may have seen."""
         last = self.history[-1] if self.history else {}
-        counts = self.counters.snapshot()
+        if collective:
+            counts = self._counts()
+            train_s, phase_s, _ = self._times()
+        else:
+            counts, train_s, phase_s = self.counters.snapshot(), self.timer.train_s, self.timer.phase_s()
         config = OmegaConf.to_container(self.cfg, resolve=True)
         return {
             "dataset": self.cfg.dataset.name, "model": self.cfg.model.name,
             "strategy": self.strategy.name, "lr_schedule": self.cfg.lr_schedule.name,
-            "seed": int(self.cfg.seed), "strategy_params": self.strategy.params(),
+            "seed": int(self.cfg.seed), "strategy_params": self.strategy_params(),
             "final_test_error": last.get("test_error"),
             "best_test_error": min((r["test_error"] for r in self.history), default=None),
-            "train_s": self.timer.train_s, "epochs": round(self.progress(), 6),
+            "train_s": train_s, "epochs": round(self.progress(), 6),
             "steps": counts["steps"], "examples_backpropped": counts["backpropped"],
             "examples_forwarded": counts["select_forwarded"] + counts["train_forwarded"],
-            "phase_s": self.timer.phase_s(), "status": self.status,
+            "phase_s": phase_s, "status": self.status,
             "torch_version": torch.__version__,
             "device_name": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu",
-            "n_train": self.n_train, "config": config, "config_key": config_key(config),
+            "n_train": self.n_train, "world_size": self.dist.world_size,
+            "config": config, "config_key": config_key(config),
         }
 
     # -- the loop ------------------------------------------------------------------------------
@@ -306,7 +444,8 @@ class Trainer:
         max_time = tcfg.get("max_time_s")
         eval_every = int(tcfg.get("eval_every", 1))
         self._wall_start = time.time() - self._wall_offset
-        ckpt.remove_stale_temps(self.output_dir)
+        if self.dist.is_main:
+            ckpt.remove_stale_temps(self.output_dir)
         self.recorder.start(self.history)
         try:
             if self._finished is not None:      # resumed from a final checkpoint: nothing left to train
@@ -323,21 +462,28 @@ class Trainer:
                     if not self.history or self.history[-1]["step"] != self.counters.steps:
                         self._record_eval()
                     self._save_checkpoint(self._checkpoint_state(finished=stop))   # the final weights
-        except DivergedError as err:
+        except DivergedError as err:          # data parallel: every rank agreed (_check_finite, evaluate)
             self._record_failure("diverged", str(err))
+            self.dist.barrier()
             raise
         except Exception as err:
-            self._record_failure("failed", f"{type(err).__name__}: {err}")
+            self._record_failure("failed", f"{type(err).__name__}: {err}", collective=False)
             raise
         summary = self.summary()
         self.recorder.write_summary(summary)
         self.recorder.close()
+        if self.status in ("completed", "budget"):
+            _test_dump_rank_state(self)
+        # data parallel: no rank leaves before rank 0 has written the record (a rank exiting with 75
+        # would make torchrun stop the others)
+        self.dist.barrier()
         return summary
 
-    def _record_failure(self, status: str, message: str) -> None:
+    def _record_failure(self, status: str, message: str, collective: bool = True) -> None:
         self.status = status
         try:
-            self.recorder.write_summary({**self.summary(), "error": message})
+            self.recorder.write_summary({**self.summary(collective=collective or not self.dist.enabled),
+                                         "error": message})
         finally:
             self.recorder.close()
 
@@ -347,13 +493,16 @@ class Trainer:
         while True:
             if max_epochs is not None and self.progress() >= max_epochs - 1e-9:
                 return "completed"
-            if PREEMPTION.requested:           # at an epoch boundary (checkpointed by _after_epoch)
+            preempted = PREEMPTION.requested
+            if self.dist.enabled:              # all ranks stop, or none
+                preempted = self.dist.any_flags([preempted])[0]
+            if preempted:                      # at an epoch boundary (checkpointed by _after_epoch)
                 return "preempted"
-            torch.manual_seed(derive_seed(int(self.cfg.seed), epoch, 3))   # augmentation + dropout
+            torch.manual_seed(self._epoch_seed(epoch))   # augmentation + dropout
             lr_epoch = epoch if self.unit == "considered" else math.floor(self.progress())
             self._set_lr(lr_epoch)
             bar = tqdm(total=self.n_train, desc=f"epoch {epoch}", leave=False,
-                       disable=not self.cfg.train.get("progress", True), unit="ex")
+                       disable=not self.cfg.train.get("progress", True) or not self.dist.is_main, unit="ex")
             self.timer.resume()
             stop = self._run_epoch(epoch, bar, max_epochs, max_time)
             self.timer.pause()
@@ -382,11 +531,19 @@ class Trainer:
                 self._epoch_steps += 1
                 if self._epoch_steps == 1:
                     _test_pause("mid_epoch", epoch)
-                if PREEMPTION.requested:       # a step boundary: the partial epoch is redone on resume
-                    return "preempted"
+                if self.dist.enabled:          # one agreed decision: any rank preempted; rank 0's budget
+                    preempted, over_budget = self.dist.any_flags(
+                        [PREEMPTION.requested,
+                         self.dist.is_main and max_time is not None and self.timer.elapsed_train_s() >= max_time])
+                    if preempted:
+                        return "preempted"
+                    if over_budget:
+                        return "budget"
+                if PREEMPTION.requested and not self.dist.enabled:   # a step boundary: the partial epoch
+                    return "preempted"                                 # is redone on resume
                 bar.update(self.counters.considered - seen)
                 seen = self.counters.considered
-                if max_time is not None and self.timer.elapsed_train_s() >= max_time:
+                if max_time is not None and self.timer.elapsed_train_s() >= max_time and not self.dist.enabled:
                     return "budget"
                 if self.unit == "backpropped":
                     stop = self._backpropped_checks(max_epochs)
@@ -429,11 +586,12 @@ class Trainer:
         Between due checkpoints a CPU copy of the boundary is kept, so a preemption can still write it.
         """
         every = int(self.cfg.train.get("checkpoint_every", 1))
+        state = self._checkpoint_state()         # (data parallel: a collective; {} on ranks r > 0)
         if epoch % every == 0:
             self._boundary = None
-            self._save_checkpoint(self._checkpoint_state())
+            self._save_checkpoint(state)
         else:
-            self._boundary = ckpt.to_plain(self._checkpoint_state(), clone=True)
+            self._boundary = ckpt.to_plain(state, clone=True)
 
     # -- checkpoints ---------------------------------------------------------------------------
     def _checkpoint_state(self, finished: str | None = None) -> dict:
@@ -441,13 +599,28 @@ class Trainer:
 
         `finished` marks the final checkpoint of a run that ended (completed / budget): it holds the
         final weights and is never trained on from.
+
+        Data parallel (decision): one checkpoint.pt, written by rank 0 alone, so it can never mix ranks'
+        epochs. Model and optimizer are rank 0's (DDP keeps them equal; BatchNorm buffers are broadcast
+        from rank 0 first); what differs per rank (strategy state, counters, timer, RNG, the evaluation
+        interval) is gathered to rank 0 into `ranks` (in rank order) and `counters` holds the global sums.
+        `world_size` says how many processes wrote it: a resume must use as many. Ranks r > 0 take part
+        in the collectives and get {} back.
         """
         config = OmegaConf.to_container(self.cfg, resolve=True)
-        iv = self._interval
+        if self.dist.enabled:
+            self.dist.broadcast_buffers(self.model)
+            counts = self._counts()
+            ranks = self.dist.gather_objects(ckpt.to_plain(self._rank_state()))
+            if not self.dist.is_main:
+                return {}
+            per_rank = {"counters": counts, "ranks": ranks}
+        else:
+            per_rank = self._rank_state()
         return {
             "format": ckpt.FORMAT_VERSION,
             "config_key": config_key(config), "seed": int(self.cfg.seed), "config": config,
-            "finished": finished,
+            "finished": finished, "world_size": self.dist.world_size,
             # Data order, augmentation and dropout are re-seeded from (seed, epoch) at each epoch start
             # (TorchSource.permutation, derive_seed), so the epoch index is their whole state; torch's
             # global RNG state is saved as well, for safety. The learning rate is a pure function of the
@@ -456,28 +629,38 @@ class Trainer:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
+            **per_rank,
+            "history": [dict(row) for row in self.history],
+            "wall_s": time.time() - self._wall_start,
+        }
+
+    def _rank_state(self) -> dict:
+        """The part of the checkpoint that is this process's own."""
+        iv = self._interval
+        return {
             "strategy": self.strategy.state_dict(),   # history, stale table, tau, pending batch, generators
             "rng": {"torch": torch.get_rng_state(),
                     "cuda": list(torch.cuda.get_rng_state_all()) if self.device.type == "cuda" else []},
             "counters": self.counters.snapshot(),
             "timer": self.timer.state_dict(),
-            "history": [dict(row) for row in self.history],
             "interval": {"loss_sum": iv["loss_sum"], "noisy": iv["noisy"], "trained": int(iv["trained"]),
                          "considered": int(iv["considered"]), "kept": int(iv["kept"])},
             "nonfinite": bool(self._nonfinite),
-            "wall_s": time.time() - self._wall_start,
         }
 
     def _save_checkpoint(self, state: dict) -> None:
-        epoch = int(state["next_epoch"])
-        ckpt.save_checkpoint(state, ckpt.checkpoint_path(self.output_dir),
-                             before_rename=lambda: _test_pause("checkpoint_write", epoch))
+        """Write `state` ({} on a data-parallel rank r > 0: rank 0 writes the one checkpoint)."""
+        epoch = int(state.get("next_epoch", self.next_epoch))
+        if state:
+            ckpt.save_checkpoint(state, ckpt.checkpoint_path(self.output_dir),
+                                 before_rename=lambda: _test_pause("checkpoint_write", epoch))
         self.saved_epoch = epoch
 
     def resume(self, path: str | Path | None = None) -> int:
         """Restore a checkpoint (default: checkpoint.pt in the output directory); returns its epoch.
 
-        Call before fit(). The checkpoint must come from the same config (config_key) and seed.
+        Call before fit(). The checkpoint must come from the same config (config_key) and seed, and from
+        as many data-parallel processes as this run has (each rank restores its own part).
         """
         path = Path(path) if path is not None else ckpt.checkpoint_path(self.output_dir)
         state = ckpt.load_checkpoint(path)
@@ -486,23 +669,25 @@ class Trainer:
             raise ConfigError(f"checkpoint '{path}' belongs to a different run (config_key {state.get('config_key')}, "
                               f"seed {state.get('seed')}; this run: config_key {key}, seed {int(self.cfg.seed)}); "
                               f"accepted: a checkpoint of this same run")
+        ckpt.check_world_size(path, int(state.get("world_size", 1)), self.dist.world_size)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         if state["scaler"]:
             self.scaler.load_state_dict(state["scaler"])
-        self.strategy.load_state_dict(state["strategy"], self.device)
-        self.counters.load(state["counters"])
-        self.timer.load_state_dict(state["timer"])
+        own = state["ranks"][self.dist.rank] if self.dist.enabled else state
+        self.strategy.load_state_dict(own["strategy"], self.device)
+        self.counters.load(own["counters"])
+        self.timer.load_state_dict(own["timer"])
         self.history = [dict(row) for row in state["history"]]
         self.next_epoch = int(state["next_epoch"])
-        iv = state["interval"]
+        iv = own["interval"]
         self._interval = {"loss_sum": iv["loss_sum"].to(self.device), "noisy": iv["noisy"].to(self.device),
                           "trained": int(iv["trained"]), "considered": int(iv["considered"]),
                           "kept": int(iv["kept"])}
-        self._nonfinite = torch.tensor(bool(state["nonfinite"]), device=self.device)
-        torch.set_rng_state(state["rng"]["torch"])
-        if self.device.type == "cuda" and len(state["rng"]["cuda"]) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        self._nonfinite = torch.tensor(bool(own["nonfinite"]), device=self.device)
+        torch.set_rng_state(own["rng"]["torch"])
+        if self.device.type == "cuda" and len(own["rng"]["cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(own["rng"]["cuda"])
         self._wall_offset = float(state["wall_s"])
         self._finished = state.get("finished")
         self.saved_epoch = self.next_epoch

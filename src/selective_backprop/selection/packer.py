@@ -10,6 +10,18 @@ from selective_backprop.selection.readback import LaggedReader
 from selective_backprop.selection.rules import kept_first_order
 
 
+def _memory_format(t: torch.Tensor) -> torch.memory_format:
+    """channels_last for 4-d tensors laid out that way (so packed batches keep it), else contiguous."""
+    if t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def _rows(buf: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """buf[idx] along dim 0, in buf's memory format (index_select would return contiguous rows)."""
+    return buf[idx] if _memory_format(buf) == torch.channels_last else buf.index_select(0, idx)
+
+
 class BatchPacker:
     """FIFO of kept examples in a device ring buffer; emits full batches, carries the remainder.
 
@@ -36,8 +48,8 @@ class BatchPacker:
         device = tensors[0].device
         self._reader = LaggedReader(device, self._lag)
         self._capacity = self.batch_size + (self._reader.lag + 2) * rows
-        self._buffers = [torch.empty((self._capacity, *t.shape[1:]), dtype=t.dtype, device=device)
-                         for t in tensors]
+        self._buffers = [torch.empty((self._capacity, *t.shape[1:]), dtype=t.dtype, device=device,
+                                     memory_format=_memory_format(t)) for t in tensors]
         self._appended = torch.zeros((), dtype=torch.int64, device=device)
 
     def _grow(self, rows: int) -> None:
@@ -48,8 +60,8 @@ class BatchPacker:
         live = self.drain_count()
         old = self.peek_pending(live)
         self._capacity = need + live
-        self._buffers = [torch.empty((self._capacity, *b.shape[1:]), dtype=b.dtype, device=b.device)
-                         for b in self._buffers]
+        self._buffers = [torch.empty((self._capacity, *b.shape[1:]), dtype=b.dtype, device=b.device,
+                                     memory_format=_memory_format(b)) for b in self._buffers]
         self._emitted = 0
         self._appended.zero_()
         self._reader.reset(0)
@@ -82,10 +94,14 @@ class BatchPacker:
 
     def _write(self, tensors: Sequence[torch.Tensor], mask: torch.Tensor) -> None:
         rows = mask.shape[0]
+        # row order[i] goes to slot appended + i (kept rows first, in order): scatter each row straight
+        # to its slot through the inverse permutation instead of gathering t[order] first
         order = kept_first_order(mask)
-        positions = (self._appended + torch.arange(rows, device=mask.device)) % self._capacity
+        arange = torch.arange(rows, device=mask.device)
+        rank = torch.empty_like(order).scatter_(0, order, arange)
+        positions = (self._appended + rank) % self._capacity
         for buf, t in zip(self._buffers, tensors):
-            buf.index_copy_(0, positions, t[order].to(buf.dtype))
+            buf.index_copy_(0, positions, t.to(buf.dtype))
         self._appended += mask.sum()
         self._reader.submit(self._appended)
 
@@ -96,6 +112,12 @@ class BatchPacker:
         while self._reader.value - self._emitted >= self.batch_size:
             yield self._take(self.batch_size)
 
+    def ready_batches(self) -> int:
+        """How many full batches pop_ready() would yield now (host count, no sync), none taken."""
+        if self._reader is None:
+            return 0
+        return (self._reader.value - self._emitted) // self.batch_size
+
     def drain_count(self) -> int:
         """Number of queued rows (waits for pending device counts)."""
         if self._reader is None:
@@ -105,13 +127,13 @@ class BatchPacker:
     def _take(self, rows: int) -> list[torch.Tensor]:
         idx = (self._emitted + torch.arange(rows, device=self._buffers[0].device)) % self._capacity
         self._emitted += rows
-        return [buf.index_select(0, idx) for buf in self._buffers]
+        return [_rows(buf, idx) for buf in self._buffers]
 
     def peek_pending(self, rows: int | None = None) -> list[torch.Tensor]:
         """Copies of the queued rows, without removing them."""
         rows = self.drain_count() if rows is None else rows
         idx = (self._emitted + torch.arange(rows, device=self._buffers[0].device)) % self._capacity
-        return [buf.index_select(0, idx) for buf in self._buffers]
+        return [_rows(buf, idx) for buf in self._buffers]
 
     def drain_ready(self) -> Iterator[list[torch.Tensor]]:
         """Bring the host count up to date (one sync) and yield every full batch queued."""
