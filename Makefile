@@ -27,6 +27,11 @@ test-fast:  ## the test suite without the slow end-to-end tests
 demo:  ## Traditional vs SB vs Stale-SB on real Fashion-MNIST (resnet8, CPU, a few minutes)
 	$(PY) scripts/demo.py --out outputs/demo
 
+BENCH_ARGS ?=
+
+bench:  ## speed benchmark into results/bench/ (CPU ~4 min; GPU: BENCH_ARGS="--device cuda --model resnet18 --synthetic cifar")
+	$(PY) scripts/benchmark.py $(BENCH_ARGS)
+
 PAPER_SWEEPS := table1_cifar10 table1_cifar100 table1_svhn label_noise selectivity staleness
 PAPER_OUT := results/paper_scale
 SWEEP_ARGS ?=
@@ -52,7 +57,7 @@ report-cpu:  ## Table 1, Pareto frontiers, figures (and Fig 5) from results/fash
 	$(PY) scripts/make_table1.py $(RUNS_CPU)/runs --out $(RUNS_CPU)
 	$(PY) scripts/plot_pareto.py $(RUNS_CPU)/runs --out $(RUNS_CPU)
 	$(PY) scripts/plot_figures.py $(RUNS_CPU)/runs --out $(RUNS_CPU)/figures
-	$(PY) scripts/gradient_similarity.py --epochs 3 --out $(RUNS_CPU)/figures
+	$(PY) scripts/gradient_similarity.py --subset 6000 --epochs 2 --every 10 --out $(RUNS_CPU)/figures
 
 clean:  ## remove caches and local outputs (keeps data/ and results/)
 	rm -rf outputs multirun .pytest_cache

@@ -53,8 +53,14 @@ def sequential_percentiles(history: torch.Tensor, filled: int, losses: torch.Ten
     Example j of `losses` is pushed after examples 0..j-1, so its window is the last R entries of
     history ++ losses[:j+1]. Percentile = (#window entries <= loss_j) / window length, counting
     loss_j itself (ties count as <=; the first loss ever has percentile 1).
+
+    For n <= R the count is #(history <= loss_j) by a binary search in the sorted history, minus the
+    history entries that left example j's window (at most n of them), plus the earlier new losses
+    <= loss_j: O(R log R + n^2) instead of the O(n (R + n)) comparison matrix, same integers.
     """
     capacity = history.shape[0]
+    if losses.shape[0] <= capacity and history.dtype != torch.float64:
+        return _percentiles_sorted(history, filled, losses)
     seq = torch.cat([history[capacity - filled:], losses.to(history.dtype)])
     n = losses.shape[0]
     pos = filled + torch.arange(n, device=losses.device)            # position of example j in seq
@@ -64,6 +70,32 @@ def sequential_percentiles(history: torch.Tensor, filled: int, losses: torch.Ten
     counts = (below & in_window).sum(dim=1)
     window_len = torch.clamp(pos + 1, max=capacity)
     return counts.to(torch.float32) / window_len.to(torch.float32)
+
+
+_FAR = 1e300   # beyond any float32 / float16 / bfloat16 value, short of float64's infinity
+
+
+def _percentiles_sorted(history: torch.Tensor, filled: int, losses: torch.Tensor) -> torch.Tensor:
+    """sequential_percentiles for n <= R and a history narrower than float64 (see there)."""
+    capacity = history.shape[0]
+    n = losses.shape[0]
+    x = losses.to(history.dtype)
+    valid = history[capacity - filled:]                              # oldest first
+    # #(history <= x_j) by binary search, which needs a total order. In float64, ±inf become ±1e300
+    # and NaN (never <= anything) +inf in the history and -inf in the queries: the counts of the
+    # matrix form, NaN queries counting 0.
+    ordered = valid.double().nan_to_num_(nan=float("inf"), posinf=_FAR, neginf=-_FAR).sort().values
+    query = x.double().nan_to_num_(nan=-float("inf"), posinf=_FAR, neginf=-_FAR)
+    in_history = torch.searchsorted(ordered, query, right=True)
+    # example j's window lost the history entries t < filled + j + 1 - R and gained the new losses
+    # k <= j. Shifting the history right by R - filled (NaN fill: never counted) turns both into
+    # "entry k <= j": one lower triangle of a [2, n, n] comparison, rows (history head, new losses)
+    shift = min(capacity - filled, n)
+    head = [x.new_full((shift,), float("nan"))] if shift else []
+    rows = torch.cat([*head, valid[:n - shift], x]).view(2, 1, n)
+    dropped, earlier = (rows <= x.view(1, n, 1)).tril_().sum(dim=2)
+    window_len = torch.arange(filled + 1, filled + n + 1, device=losses.device, dtype=torch.float32)
+    return (in_history - dropped + earlier).to(torch.float32) / window_len.clamp_(max=capacity)
 
 
 def push_history(history: torch.Tensor, filled: int, losses: torch.Tensor) -> tuple[torch.Tensor, int]:
