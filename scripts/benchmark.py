@@ -2,20 +2,21 @@
 """Where an SB epoch's time goes, and how close it is to the physical limit.
 
     python scripts/benchmark.py                                   # resnet8, real Fashion-MNIST, CPU
-    python scripts/benchmark.py --device cuda --model resnet18 --synthetic cifar10
+    python scripts/benchmark.py --device cuda --model resnet18 --synthetic cifar
 
 In one process, for one model, dataset and device:
 1. short Traditional, SB and Stale-SB runs with the real Trainer (composed configs, a training
-   subset, a few epochs), giving each strategy's epoch time and phase split;
+   subset, a few epochs), in interleaved rounds, giving each strategy's epoch time and phase split;
 2. on the Traditional run's trained model: median per-batch cost of the selection forward for each
    precision x selection batch size x memory format, with its quality against the default fp32 pass
    (Spearman rank correlation of the losses, overlap of the kept sets under the same draws), and of
-   the training forward, backward and optimizer step;
+   the training forward, backward and optimizer step, all timed in turns so they share the load;
 3. the device pipeline's throughput against the pure compute rate on a batch already on the device.
 
 Writes OUT/NAME.json and OUT/NAME.md (a markdown table) and prints the table with the four targets:
 1. SB ÷ Traditional epoch time within 5 % of the ideal ratio from the same runs' phase costs,
-   ideal = (c_sel + s · c_train) / c_train per example (c_train = forward + backward + step);
+   ideal = (c_sel + s · c_train) / c_train per example (c_train = forward + backward + step),
+   judged at equal machine speed (each run's time over its compute phases, see epoch_table);
 2. `select` bookkeeping < 1 % of SB's training time;
 3. a cheaper selection pass >= 1.5x faster than the default fp32 pass with Spearman >= 0.99;
 4. (GPU) Traditional throughput with the device pipeline >= 90 % of the pure compute rate.
@@ -29,6 +30,7 @@ import json
 import logging
 import os
 import platform
+import shlex
 import statistics
 import sys
 import time
@@ -421,7 +423,7 @@ def targets(costs: dict, selection: list[dict], steps: list[dict], pipeline: dic
 def markdown(res: dict) -> str:
     env, c = res["env"], res["epoch"]
     out = [f"# Benchmark: {env['model']} on {env['dataset']} ({env['device_name']})", "",
-           "`" + " ".join(["python scripts/benchmark.py", *env["argv"]]) + "`", "",
+           "`" + shlex.join(["python", "scripts/benchmark.py", *env["argv"]]) + "`", "",
            f"torch {env['torch']}, {env['threads']} thread(s), {env['n_train']} training examples x "
            f"{env['epochs']} epochs, batch {env['batch_size']}, loader `{env['loader']}`, train precision "
            f"{env['train_precision']}, channels_last {env['channels_last']}, {env['rounds']} round(s); "
@@ -437,7 +439,8 @@ def markdown(res: dict) -> str:
     for name, r in c.items():
         ph = r["phase_s"]
         out.append(f"| {name} | {r['train_s']:.1f} | {r['ratio']:.3f} | {r['ideal']:.3f} | {r['ratio_vs_ideal']:.3f} "
-                   f"| {r['load_normalised']:.3f} | {r['drift']:.3f} | {r['s']:.3f} | {ph['select_forward']:.2f} | {ph['train_forward']:.2f} | {ph['backward']:.2f} "
+                   f"| {r['load_normalised']:.3f} | {r['drift']:.3f} | {r['s']:.3f} | {ph['select_forward']:.2f} "
+                   f"| {ph['train_forward']:.2f} | {ph['backward']:.2f} "
                    f"| {ph['optimizer']:.2f} | {ph['data']:.2f} | {ph['select']:.3f} | {100 * r['select_share']:.2f} "
                    f"| {r['final_test_error']:.4f} |")
     t, sb = c["traditional"], c["sb"]

@@ -14,7 +14,10 @@ REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
 DEBIAN_FMNIST = Path(os.environ.get("SB_FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist"))
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# One intra-op thread for the tests and the CLI subprocesses they start: on 2 shared cores a 2-thread
+# pool waits on descheduled threads and runs small ops 10-50x slower (results/bench/cpu.md).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(1)
 
 
 def compose_config(overrides: list[str] | None = None) -> DictConfig:

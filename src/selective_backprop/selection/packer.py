@@ -93,6 +93,9 @@ class BatchPacker:
             self._write(pending, torch.ones(pending[0].shape[0], dtype=torch.bool, device=device))
 
     def _write(self, tensors: Sequence[torch.Tensor], mask: torch.Tensor) -> None:
+        if mask.device.type == "cpu" and self._reader.lag == 0:     # (a lagged CPU packer stands in for CUDA)
+            self._write_kept(tensors, mask)
+            return
         rows = mask.shape[0]
         # row order[i] goes to slot appended + i (kept rows first, in order): scatter each row straight
         # to its slot through the inverse permutation instead of gathering t[order] first
@@ -104,6 +107,31 @@ class BatchPacker:
             buf.index_copy_(0, positions, t.to(buf.dtype))
         self._appended += mask.sum()
         self._reader.submit(self._appended)
+
+    def _write_kept(self, tensors: Sequence[torch.Tensor], mask: torch.Tensor) -> None:
+        """On the CPU the kept count costs no wait: copy only the kept rows, into consecutive slots.
+
+        The slots the device path fills with the unkept rows lie past the queue's end and are never
+        read, so the queue's contents are the same.
+        """
+        keep = mask.nonzero().squeeze(1)
+        kept = keep.shape[0]
+        start = int(self._appended) % self._capacity
+        first = min(kept, self._capacity - start)
+        for buf, t in zip(self._buffers, tensors):
+            rows = t.index_select(0, keep).to(buf.dtype)
+            buf[start:start + first] = rows[:first]
+            buf[:kept - first] = rows[first:]
+        self._appended += kept
+        self._reader.submit(self._appended)
+
+    def _read(self, count: int, rows: int) -> list[torch.Tensor]:
+        """Copies of `rows` queued rows starting at row number `count` (one slice when they do not wrap)."""
+        start = count % self._capacity
+        if start + rows <= self._capacity:
+            return [buf[start:start + rows].clone() for buf in self._buffers]
+        idx = (count + torch.arange(rows, device=self._buffers[0].device)) % self._capacity
+        return [_rows(buf, idx) for buf in self._buffers]
 
     def pop_ready(self) -> Iterator[list[torch.Tensor]]:
         """Yield full batches of exactly batch_size rows that the host knows are queued."""
@@ -125,15 +153,14 @@ class BatchPacker:
         return self._reader.drain() - self._emitted
 
     def _take(self, rows: int) -> list[torch.Tensor]:
-        idx = (self._emitted + torch.arange(rows, device=self._buffers[0].device)) % self._capacity
+        out = self._read(self._emitted, rows)
         self._emitted += rows
-        return [_rows(buf, idx) for buf in self._buffers]
+        return out
 
     def peek_pending(self, rows: int | None = None) -> list[torch.Tensor]:
         """Copies of the queued rows, without removing them."""
         rows = self.drain_count() if rows is None else rows
-        idx = (self._emitted + torch.arange(rows, device=self._buffers[0].device)) % self._capacity
-        return [_rows(buf, idx) for buf in self._buffers]
+        return self._read(self._emitted, rows)
 
     def drain_ready(self) -> Iterator[list[torch.Tensor]]:
         """Bring the host count up to date (one sync) and yield every full batch queued."""
