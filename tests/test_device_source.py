@@ -22,14 +22,6 @@ from selective_backprop.errors import ConfigError
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Small tensor ops run far faster on one intra-op thread on a shared 2-core box (restored after)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 def synthetic_bundle(n: int = 256, channels: int = 3, size: int = 16, seed: int = 0, crop_padding: int = 2,
                      hflip: bool = True, cutout: int = 4, n_test: int = 64) -> DataBundle:

@@ -77,14 +77,6 @@ def kept_share(counters: dict) -> float:
     return counters["kept"] / counters["considered"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def dp_run(tmp_path_factory, fmnist_root):
     """K = 2 torchrun runs per strategy, computed on first use: (run dir, {rank: final state}, output)."""

@@ -70,14 +70,11 @@ def metric_rows(run_dir: Path) -> list[dict]:
 
 
 @pytest.fixture(autouse=True)
-def _clear_preemption_and_use_one_thread():
-    """One intra-op thread: tiny models on a busy 2-core machine run far faster than with 2 spinning ones."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _clear_preemption():
+    """Each test starts and ends with no preemption requested (conftest sets one intra-op thread)."""
     PREEMPTION.clear()
     yield
     PREEMPTION.clear()
-    torch.set_num_threads(threads)
 
 
 # --------------------------------------------------------------------------------------- CLI runs

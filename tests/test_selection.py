@@ -23,14 +23,6 @@ from selective_backprop.selection.selector import LossSelector, SeededGenerator,
 R = 1024  # the authors' history length
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny CPU models run far faster on one intra-op thread on a shared 2-core box (restored after)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 # ------------------------------------------------------------------------------ β ↔ selectivity
 

@@ -25,14 +25,6 @@ from test_device_source import synthetic_bundle
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
     ranks = torch.stack([a.argsort().argsort(), b.argsort().argsort()]).double()
     return torch.corrcoef(ranks)[0, 1].item()

@@ -34,14 +34,6 @@ B = 64         # tiny_config's batch size
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny CPU models run far faster on one intra-op thread on a shared 2-core box (restored after)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 # ------------------------------------------------------------------------------ Kath18: pure rules
 
