@@ -18,7 +18,7 @@ $(PY):
 setup: $(PY)  ## create .venv and install the package editable with its dev extras
 	$(PIP) install -e '.[dev]'
 
-test:  ## run the test suite (CPU; ~10 min on 2 cores)
+test:  ## run the test suite (CPU; ~10-15 min on 2 cores)
 	$(PY) -m pytest -q
 
 test-fast:  ## the test suite without the slow end-to-end tests
