@@ -12,7 +12,6 @@ usable run is found or a figure name is unknown.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 
@@ -21,31 +20,21 @@ import matplotlib
 matplotlib.use("Agg")
 
 from selective_backprop.analysis.figures import resolve_names, write_figures  # noqa: E402
-from selective_backprop.analysis.records import (NoUsableRunsError, load_runs,  # noqa: E402
-                                                 require_runs)
+from selective_backprop.analysis.cli import fail, report_parser, setup_logging, usable_runs  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
-                    help="run directories or folders holding them (walked recursively)")
-    ap.add_argument("--out", required=True, help="output folder (created)")
+    ap = report_parser(__doc__, include_noisy=False)
     ap.add_argument("--which", default=None,
                     help="comma-separated figures, e.g. fig6,fig7 (default: all)")
-    ap.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("matplotlib").setLevel(logging.WARNING)
+    setup_logging(args.verbose)
     try:
         names = resolve_names(args.which)
     except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    try:
-        runs = require_runs(load_runs(args.run_dirs), args.run_dirs)
-    except NoUsableRunsError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        return fail(str(exc))
+    runs = usable_runs(args.run_dirs)
+    if runs is None:
         return 1
     written = write_figures(runs, args.out, names)
     log = logging.getLogger("plot_figures")

@@ -1,0 +1,43 @@
+"""The command-line preamble shared by the report scripts (make_table1, plot_pareto, plot_figures)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from selective_backprop.analysis.records import NoUsableRunsError, RunSet, load_runs, require_runs
+
+
+def report_parser(doc: str, include_noisy: bool = True) -> argparse.ArgumentParser:
+    """RUN_DIR... --out DIR [-v] (and --include-noisy): the arguments every report script takes."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    ap.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
+                    help="run directories or folders holding them (walked recursively)")
+    ap.add_argument("--out", required=True, help="output folder (created)")
+    if include_noisy:
+        ap.add_argument("--include-noisy", action="store_true",
+                        help="also use label-noise runs (left out by default)")
+    ap.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
+    return ap
+
+
+def setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)
+
+
+def fail(message: str) -> int:
+    """Print the one-line error a report script ends with; returns its exit code (1)."""
+    print(f"error: {message}", file=sys.stderr)
+    return 1
+
+
+def usable_runs(run_dirs: list[str]) -> RunSet | None:
+    """The usable runs under `run_dirs`, or None after printing the one-line error."""
+    try:
+        return require_runs(load_runs(run_dirs), run_dirs)
+    except NoUsableRunsError as exc:
+        fail(str(exc))
+        return None
