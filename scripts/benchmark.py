@@ -43,6 +43,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 from hydra import compose, initialize_config_dir  # noqa: E402
+
+from selective_backprop.conf import CONFIG_DIR  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
 
 from selective_backprop.data import DATASET_INFO, build_data  # noqa: E402
@@ -115,7 +117,7 @@ def compose_cfg(args: argparse.Namespace, strategy: str, extra: list[str] = ()):
         overrides.append(f"dataset.subset={args.subset}")
     if strategy == "stale_sb":
         overrides.append(f"strategy.staleness={args.staleness}")
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         return compose(config_name="config", overrides=overrides + list(extra) + list(args.overrides))
 
 

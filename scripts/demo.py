@@ -17,6 +17,8 @@ sys.path.insert(0, str(REPO / "src"))
 
 from hydra import compose, initialize_config_dir  # noqa: E402
 
+from selective_backprop.conf import CONFIG_DIR  # noqa: E402
+
 from selective_backprop.engine.records import read_metrics  # noqa: E402
 from selective_backprop.engine.trainer import Trainer  # noqa: E402
 
@@ -40,7 +42,7 @@ def run_strategy(name: str, args: argparse.Namespace, out: Path, bundle=None):
         overrides.append(f"dataset.subset={args.subset}")
     if name == "stale_sb":
         overrides.append("strategy.staleness=2")
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose(config_name="config", overrides=overrides + list(args.overrides))
     trainer = Trainer(cfg, str(out / name), data_bundle=bundle)
     return trainer, trainer.fit()

@@ -11,7 +11,9 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 REPO = Path(__file__).resolve().parents[1]
-CONF = REPO / "conf"
+from selective_backprop.conf import CONFIG_DIR
+
+CONF = Path(CONFIG_DIR)
 DEBIAN_FMNIST = Path(os.environ.get("SB_FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist"))
 
 # One intra-op thread for the tests and the CLI subprocesses they start: on 2 shared cores a 2-thread

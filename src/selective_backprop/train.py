@@ -144,7 +144,7 @@ def _quiet_nonzero_rank() -> None:
             handler.close()
 
 
-@hydra.main(version_base="1.3", config_path="../../conf", config_name="config")
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def _hydra_main(cfg: DictConfig) -> float:
     """Hydra entry: returns the final test error (what a sweeper optimises); exit codes in the module doc."""
     from selective_backprop.engine import distributed
