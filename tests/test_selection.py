@@ -76,10 +76,16 @@ def _exponential(n, gen):
 CDFS = {"uniform": (_uniform, lambda x: x), "exponential": (_exponential, lambda x: 1 - torch.exp(-x))}
 
 
+@pytest.mark.parametrize("percentile", ["strict", "inclusive"])
 @pytest.mark.parametrize("dist", sorted(CDFS))
 @pytest.mark.parametrize("beta", [1.0, 2.0, 3.0])
-def test_kept_fraction_per_decile(beta, dist):
+def test_kept_fraction_per_decile(beta, dist, percentile):
     """i.i.d. losses through LossSelector(β, R=1024): kept share of loss decile d ≈ 10∫_{d/10}^{(d+1)/10} u^β du.
+
+    Both rules: for continuous losses they differ by at most the batch's own entries (strict counts
+    the window strictly below after the whole batch is pushed; inclusive, one by one, <= itself):
+    for continuous losses the two differ only in which of the batch's own losses they count (max
+    |ΔP| ≈ 0.03 after warm-up, issue 11), so the same bounds hold.
 
     The rule only sees ranks, so any continuous loss distribution gives the same result when
     deciles are taken on its CDF (uniform and exponential here). Tolerance per decile:
@@ -91,7 +97,7 @@ def test_kept_fraction_per_decile(beta, dist):
     # the loss stream and the selector's draws must come from unrelated seeds (the same seed would
     # make the draws replay earlier losses of the uniform stream and correlate with the window)
     gen = torch.Generator().manual_seed(1234 + int(beta))
-    selector = LossSelector(beta, history=R, seed=7)
+    selector = LossSelector(beta, history=R, seed=7, percentile=percentile)
     selector.select(sample(R, gen))                       # warm-up: fill the history
     n_batches, batch = 500, 128
     m = n_batches * batch
@@ -115,11 +121,12 @@ def test_kept_fraction_per_decile(beta, dist):
     assert abs(share - s) < 5 * math.sqrt(s * (1 - s) / m) + 1 / R, (share, s)
 
 
-def test_kept_share_depends_on_rank_not_scale():
+@pytest.mark.parametrize("percentile", ["strict", "inclusive"])
+def test_kept_share_depends_on_rank_not_scale(percentile):
     """Same seed, losses transformed by a strictly increasing map (exp·1000+5) → identical keep masks."""
     gen = torch.Generator().manual_seed(3)
     losses = torch.rand(4000, generator=gen, dtype=torch.float64)
-    a, b = LossSelector(2.0, history=R, seed=11), LossSelector(2.0, history=R, seed=11)
+    a, b = (LossSelector(2.0, history=R, seed=11, percentile=percentile) for _ in range(2))
     for chunk in losses.split(128):
         ma, _ = a.select(chunk.float())
         mb, _ = b.select((torch.exp(chunk * 3) * 1000 + 5).float())
@@ -183,21 +190,60 @@ def test_sequential_percentiles_match_naive_loop(kind, capacity, sizes):
     torch.testing.assert_close(history[capacity - filled:], stream[-filled:])
 
 
+def _naive_strict(stream: list[float], capacity: int, sizes: list[int]) -> list[float]:
+    """The authors' rule by hand: append the whole batch to deque(maxlen=R), then count(< L) / len."""
+    window: deque = deque(maxlen=capacity)
+    out, pos, i = [], 0, 0
+    while pos < len(stream):
+        batch = stream[pos:pos + sizes[i % len(sizes)]]
+        window.extend(batch)
+        out += [sum(1 for v in window if v < loss) / len(window) for loss in batch]
+        pos, i = pos + len(batch), i + 1
+    return out
+
+
+@pytest.mark.parametrize("kind", ["ties", "continuous"])
+@pytest.mark.parametrize("capacity", [1, 5, 1024])
+@pytest.mark.parametrize("sizes", [[1], [7], [1500], [3, 1, 40, 1100, 9, 128]])
+def test_batch_percentiles_match_naive_strict_loop(kind, capacity, sizes):
+    """rules.batch_percentiles + push_history == the batch-first, strictly-below loop, for any batching
+    (history not yet full, n > R, exact ties). Percentiles k/len, len ≤ 1024: exact up to rounding."""
+    stream = _STREAMS[kind]
+    expected = torch.tensor(_naive_strict(stream.tolist(), capacity, sizes))
+    history, filled, got, pos, i = torch.zeros(capacity), 0, [], 0, 0
+    while pos < stream.shape[0]:
+        chunk = stream[pos:pos + sizes[i % len(sizes)]]
+        got.append(rules.batch_percentiles(history, filled, chunk))
+        history, filled = rules.push_history(history, filled, chunk)
+        pos, i = pos + chunk.shape[0], i + 1
+    torch.testing.assert_close(torch.cat(got), expected.float(), rtol=0, atol=1e-6)
+
+
+def test_batch_percentiles_specials():
+    """NaN is never below anything (counts in the length only; a NaN loss gets 0); ±inf order normally."""
+    nan, inf = float("nan"), float("inf")
+    history = torch.tensor([nan, 1.0, -inf, 3.0])
+    got = rules.batch_percentiles(history, 4, torch.tensor([2.0, nan, inf, -inf]))
+    # window after the push (R = 4): [2, nan, inf, -inf]
+    torch.testing.assert_close(got, torch.tensor([1 / 4, 0.0, 2 / 4, 0.0]))
+
+
 def test_selector_probabilities_match_naive_percentile_power():
-    """LossSelector(β).probabilities == max(naive_percentile^β, prob_min) across calls (state kept)."""
+    """LossSelector(β, inclusive).probabilities == max(naive_percentile^β, prob_min) across calls."""
     stream = _STREAMS["ties"]
     for prob_min in (0.0, 0.3):
-        selector = LossSelector(2.5, history=5, prob_min=prob_min)
+        selector = LossSelector(2.5, history=5, prob_min=prob_min, percentile="inclusive")
         got = torch.cat([selector.probabilities(c) for c in stream.split(37)])
         expected = torch.clamp(_naive("ties", 5).float() ** 2.5, min=prob_min)
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
         assert float(got.min()) >= prob_min
 
 
-def test_selector_global_stream_slices_this_ranks_part():
+@pytest.mark.parametrize("percentile", ["strict", "inclusive"])
+def test_selector_global_stream_slices_this_ranks_part(percentile):
     """With all_losses (data parallel) the history is global; this rank gets its own slice."""
     gen = torch.Generator().manual_seed(5)
-    single, ranked = LossSelector(2.0, history=64), LossSelector(2.0, history=64)
+    single, ranked = (LossSelector(2.0, history=64, percentile=percentile) for _ in range(2))
     for _ in range(10):
         all_losses = torch.rand(48, generator=gen)
         full = single.probabilities(all_losses)
@@ -208,8 +254,8 @@ def test_selector_global_stream_slices_this_ranks_part():
 
 @pytest.mark.parametrize("beta", [1.0, 2.0, 3.0])
 def test_all_equal_losses_are_always_kept(beta):
-    """Ties: every history entry ≤ L, so percentile 1, probability 1, every example kept."""
-    selector = LossSelector(beta, history=R, seed=0)
+    """Inclusive rule, ties: every history entry ≤ L, so percentile 1, probability 1, every example kept."""
+    selector = LossSelector(beta, history=R, seed=0, percentile="inclusive")
     for _ in range(20):
         mask, probs = selector.select(torch.full((128,), 0.7))
         assert torch.equal(probs, torch.ones(128))
@@ -221,7 +267,7 @@ def test_prob_min_floors_probabilities():
     torch.testing.assert_close(rules.keep_probabilities(pct, 2.0), torch.tensor([0.0, 0.01, 0.25, 1.0]))
     torch.testing.assert_close(rules.keep_probabilities(pct, 2.0, prob_min=0.2), torch.tensor([0.2, 0.2, 0.25, 1.0]))
     # a strictly decreasing stream ranks last every time: percentile 1/len, so only the floor keeps it
-    selector = LossSelector(3.0, history=R, prob_min=0.25)
+    selector = LossSelector(3.0, history=R, prob_min=0.25, percentile="inclusive")
     _, probs = selector.select(torch.linspace(10, 0, 500))
     assert probs[0] == 1.0 and torch.all(probs[10:] == 0.25)
 
@@ -231,6 +277,8 @@ def test_selector_rejects_bad_arguments():
         LossSelector(2.0, history=0)
     with pytest.raises(ConfigError, match=r"strategy\.prob_min"):
         LossSelector(2.0, prob_min=1.5)
+    with pytest.raises(ConfigError, match=r"strategy\.percentile='exact'"):
+        LossSelector(2.0, percentile="exact")
 
 
 def test_draw_is_bernoulli():
@@ -511,8 +559,8 @@ def test_dropin_uses_custom_loss_fn():
 
     model = _vector_model()
     data = _data((7,), 5)
-    sb = SelectiveBackprop(beta=200.0, history=64, batch_size=8, loss_fn=loss_fn, seed=0)
-    twin = LossSelector(200.0, history=64, seed=0)
+    sb = SelectiveBackprop(beta=200.0, history=64, batch_size=8, loss_fn=loss_fn, seed=0, percentile="inclusive")
+    twin = LossSelector(200.0, history=64, seed=0, percentile="inclusive")
     expected = torch.cat([idx[twin.select((y == 1).float())[0]] for x, y, idx in data])
     got = [b[2] for x, y, idx in data for b in sb.select(model, x, y, idx)]
     rest = sb.flush()
@@ -523,6 +571,24 @@ def test_dropin_uses_custom_loss_fn():
     assert torch.isin(class1, got).all()                      # every loss-1 row kept
     assert got.shape[0] - class1.shape[0] <= 5                # loss-0 rows: only the stream's first few
     assert len(calls) == len(data) and calls[0] == (50, 5)
+
+
+def test_dropin_custom_loss_fn_strict_rule():
+    """Strict rule, the same 0/1 custom loss, β = 1: loss-0 rows are never kept (nothing is strictly
+    below 0: P = 0 from the very first batch); loss-1 rows get P = share of zeros in the window
+    (≈ 0.8); the kept set equals a twin LossSelector(strict) fed the same losses."""
+    model = _vector_model()
+    data = _data((7,), 5)
+    sb = SelectiveBackprop(beta=1.0, history=64, batch_size=8, loss_fn=lambda logits, y: (y == 1).float(), seed=0)
+    assert sb.percentile == "strict"
+    twin = LossSelector(1.0, history=64, seed=0, percentile="strict")
+    expected = torch.cat([idx[twin.select((y == 1).float())[0]] for x, y, idx in data])
+    got = [b[2] for x, y, idx in data for b in sb.select(model, x, y, idx)]
+    rest = sb.flush()
+    got = torch.cat(got + ([] if rest is None else [rest[2]]))
+    assert torch.equal(got, expected)
+    all_y = torch.cat([d[1] for d in data])
+    assert bool((all_y[got] == 1).all()) and got.shape[0] > 0
 
 
 def test_dropin_select_mode_eval_and_train():

@@ -22,14 +22,17 @@ class SelectiveBackprop:
 
     `select` runs a no-grad selection forward (in `select_mode`, precision `select_precision`),
     computes per-example losses with `loss_fn`, keeps each example with probability
-    max(CDF(loss)^β, prob_min) over the last `history` losses, and yields every full batch of
+    max(CDF(loss)^β, prob_min) over the last `history` losses (`percentile='strict'`, the authors'
+    rule: the batch is pushed first and CDF counts the losses strictly below; 'inclusive': one by
+    one, counting <=), and yields every full batch of
     exactly `batch_size` kept examples; the remainder is carried to the next call. Extra
     per-example tensors (e.g. dataset indices) passed after `y` ride along and are yielded too.
     """
 
     def __init__(self, beta: float | None = None, selectivity: float | None = None, history: int = 1024,
                  batch_size: int = 128, seed: int = 0, prob_min: float = 0.0,
-                 loss_fn: LossFn | None = None, select_mode: str = "eval", select_precision: str = "fp32"):
+                 loss_fn: LossFn | None = None, select_mode: str = "eval", select_precision: str = "fp32",
+                 percentile: str = "strict"):
         self.beta, self.selectivity = rules.resolve_beta(beta, selectivity)
         if batch_size < 1:
             raise ValueError(f"batch_size={batch_size!r}: must be >= 1")
@@ -37,7 +40,8 @@ class SelectiveBackprop:
         self.loss_fn = loss_fn or per_example_cross_entropy
         self.select_mode = select_mode
         self.select_precision = select_precision
-        self.selector = LossSelector(self.beta, history, prob_min, seed)
+        self.selector = LossSelector(self.beta, history, prob_min, seed, percentile)
+        self.percentile = percentile
         # lag=0: the kept count is read after every select() (one tiny sync), so every full batch is
         # yielded by the select() call that completed it and flush() returns only a partial batch.
         self.packer = BatchPacker(batch_size, lag=0)

@@ -98,6 +98,41 @@ def _percentiles_sorted(history: torch.Tensor, filled: int, losses: torch.Tensor
     return (in_history - dropped + earlier).to(torch.float32) / window_len.clamp_(max=capacity)
 
 
+PERCENTILE_RULES = ("strict", "inclusive")
+
+
+def batch_percentiles(history: torch.Tensor, filled: int, losses: torch.Tensor) -> torch.Tensor:
+    """The authors' rule: percentile of each loss within the window *after* the whole batch is pushed.
+
+    The window is the last R entries of history ++ losses (the history's last `filled` slots are
+    valid, oldest first); percentile = #(window entries strictly below L) / window length, the same
+    length for the whole batch. The lowest loss, and every exact tie with it (e.g. float32
+    cross-entropy that has reached 0), gets percentile 0. SelectiveBackprop `lib/calculators.py`
+    (BatchedRelativeProbabilityCalculator: update_history, then percentile_of_score) and
+    `lib/hist.py` (UnboundedHistogram: count of i < score, / len(history)).
+
+    Sort + binary search, no host sync. NaN (never below anything, never counted) sorts as +inf
+    in the window and queries as -inf, so NaN entries count only in the length and NaN losses get 0.
+    """
+    capacity = history.shape[0]
+    x = losses.detach().to(history.dtype)
+    window = torch.cat([history[capacity - filled:], x])[-capacity:]
+    inf = torch.tensor(float("inf"), dtype=window.dtype, device=window.device)
+    ordered = torch.where(torch.isnan(window), inf, window).sort().values
+    query = torch.where(torch.isnan(x), -inf, x)
+    below = torch.searchsorted(ordered, query, right=False)
+    return below.to(torch.float32) / float(window.shape[0])
+
+
+def percentiles(rule: str, history: torch.Tensor, filled: int, losses: torch.Tensor) -> torch.Tensor:
+    """`strict`: batch_percentiles (the authors'); `inclusive`: sequential_percentiles (one by one, <=)."""
+    if rule == "strict":
+        return batch_percentiles(history, filled, losses)
+    if rule == "inclusive":
+        return sequential_percentiles(history, filled, losses)
+    raise ConfigError(f"strategy.percentile={rule!r}: must be one of {', '.join(PERCENTILE_RULES)}")
+
+
 def push_history(history: torch.Tensor, filled: int, losses: torch.Tensor) -> tuple[torch.Tensor, int]:
     """Append losses to the time-ordered window, dropping the oldest; returns (history, filled)."""
     capacity = history.shape[0]

@@ -101,15 +101,23 @@ def selection_forward(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
 class LossSelector:
     """The SB rule with its state: rolling history of the last R losses and a seeded generator.
 
-    `select(losses)` pushes the losses into the history (one by one, vectorised), computes
-    P = max(CDF(loss)^β, prob_min) and draws the keep mask.
+    `select(losses)` pushes the losses into the history, computes P = max(CDF(loss)^β, prob_min)
+    and draws the keep mask. `percentile='strict'` (default, the authors' rule): the whole batch is
+    pushed first, CDF = share of the window strictly below the loss (rules.batch_percentiles).
+    `percentile='inclusive'`: pushed one by one, CDF counts <= the loss, itself included
+    (rules.sequential_percentiles; the project's rule before issue 11).
     """
 
-    def __init__(self, beta: float, history: int = 1024, prob_min: float = 0.0, seed: int = 0):
+    def __init__(self, beta: float, history: int = 1024, prob_min: float = 0.0, seed: int = 0,
+                 percentile: str = "strict"):
         if history < 1:
             raise ConfigError(f"strategy.history={history!r}: must be an integer >= 1")
         if not 0.0 <= prob_min <= 1.0:
             raise ConfigError(f"strategy.prob_min={prob_min!r}: must be in [0, 1]")
+        if percentile not in rules.PERCENTILE_RULES:
+            raise ConfigError(f"strategy.percentile={percentile!r}: must be one of "
+                              f"{', '.join(rules.PERCENTILE_RULES)}")
+        self.percentile = percentile
         self.beta = float(beta)
         self.capacity = int(history)
         self.prob_min = float(prob_min)
@@ -133,7 +141,7 @@ class LossSelector:
         """
         stream = losses if all_losses is None else all_losses
         history = self._history_on(stream.device)
-        pct = rules.sequential_percentiles(history, self.filled, stream)
+        pct = rules.percentiles(self.percentile, history, self.filled, stream)
         self._history, self.filled = rules.push_history(history, self.filled, stream)
         if all_losses is not None:
             pct = pct[offset:offset + losses.shape[0]]
