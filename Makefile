@@ -15,8 +15,9 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --upgrade pip
 
-setup: $(PY)  ## create .venv and install the package editable with its dev extras
+setup: $(PY)  ## create .venv, install the package editable with its dev extras, get Fashion-MNIST
 	$(PIP) install -e '.[dev]'
+	$(PY) scripts/get_data.py
 
 test:  ## run the test suite (CPU; ~10-15 min on 2 cores)
 	$(PY) -m pytest -q

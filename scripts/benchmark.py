@@ -45,6 +45,7 @@ sys.path.insert(0, str(REPO / "src"))
 from hydra import compose, initialize_config_dir  # noqa: E402
 
 from selective_backprop.conf import CONFIG_DIR  # noqa: E402
+from selective_backprop.cli_errors import check_output_dir, exits_on_bad_input  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
 
 from selective_backprop.data import DATASET_INFO, build_data  # noqa: E402
@@ -485,9 +486,11 @@ def markdown(res: dict) -> str:
     return "\n".join(out) + "\n"
 
 
+@exits_on_bad_input
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     args = parse_args(argv)
+    check_output_dir(args.out)
     if not args.device.startswith("cuda"):
         torch.set_num_threads(args.threads)
     load_start = os.getloadavg()[0]

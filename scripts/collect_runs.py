@@ -14,6 +14,11 @@ import shutil
 import sys
 from pathlib import Path
 
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+from selective_backprop.cli_errors import check_output_dir, exits_on_bad_input  # noqa: E402
+
 RECORD_FILES = ("summary.json", "metrics.jsonl", ".hydra/config.yaml", ".hydra/overrides.yaml")
 
 
@@ -29,6 +34,7 @@ def collect(source: Path, dest: Path) -> int:
     return len(runs)
 
 
+@exits_on_bad_input
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("source", type=Path)
@@ -37,6 +43,7 @@ def main(argv=None) -> int:
     if not args.source.is_dir():
         print(f"error: no sweep folder '{args.source}'", file=sys.stderr)
         return 1
+    check_output_dir(args.dest, "DEST")
     count = collect(args.source, args.dest)
     print(f"copied the records of {count} runs into {args.dest}")
     return 0 if count else 1

@@ -18,6 +18,7 @@ sys.path.insert(0, str(REPO / "src"))
 from hydra import compose, initialize_config_dir  # noqa: E402
 
 from selective_backprop.conf import CONFIG_DIR  # noqa: E402
+from selective_backprop.cli_errors import check_output_dir, exits_on_bad_input  # noqa: E402
 
 from selective_backprop.engine.records import read_metrics  # noqa: E402
 from selective_backprop.engine.trainer import Trainer  # noqa: E402
@@ -37,7 +38,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def run_strategy(name: str, args: argparse.Namespace, out: Path, bundle=None):
     overrides = ["experiment=fashion_mnist_cpu", f"strategy={name}", f"train.max_epochs={args.epochs}",
-                 "lr_schedule=fashion_mnist_sched2", "train.progress=true", "device=cpu"]
+                 "lr_schedule=fashion_mnist_sched2", "train.progress=auto", "device=cpu"]
     if args.subset:
         overrides.append(f"dataset.subset={args.subset}")
     if name == "stale_sb":
@@ -81,10 +82,11 @@ def plot(out: Path, names: list[str]) -> Path:
     return path
 
 
+@exits_on_bad_input
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     args = parse_args(argv)
-    out = Path(args.out)
+    out = check_output_dir(args.out)
     out.mkdir(parents=True, exist_ok=True)
     names = [n for n in args.strategies.split(",") if n]
     summaries, bundle = {}, None

@@ -25,6 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 from selective_backprop.data import build_data  # noqa: E402
+from selective_backprop.cli_errors import check_output_dir, exits_on_bad_input  # noqa: E402
 from selective_backprop.engine.source import TorchSource, derive_seed  # noqa: E402
 from selective_backprop.engine.timing import PhaseTimer  # noqa: E402
 from selective_backprop.models import build_model  # noqa: E402
@@ -115,6 +116,7 @@ def plot(rows: list[dict], out: Path) -> list[Path]:
     return paths
 
 
+@exits_on_bad_input
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", default="fashion_mnist")
@@ -131,7 +133,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="outputs/gradient_similarity")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    out = Path(args.out)
+    out = check_output_dir(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows = run(args)
     with open(out / "gradient_similarity.csv", "w", newline="") as f:

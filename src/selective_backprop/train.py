@@ -55,6 +55,63 @@ def _write_failed_summary(cfg: DictConfig, output_dir: str, err: BaseException) 
     atomic_write_text(Path(output_dir) / "summary.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
 
 
+def _write_failed_job_summary(cfg: DictConfig, output_dir: str, err: BaseException) -> None:
+    """A sweep job refused before any work still leaves summary.json (status "failed", the error), so the
+    analysis lists it; never where the directory already holds a run record (nothing is overwritten)."""
+    from selective_backprop.engine.checkpoint import checkpoint_path
+
+    run_dir = Path(output_dir)
+    if (run_dir / "summary.json").exists() or checkpoint_path(run_dir).exists():
+        return
+    try:
+        _write_failed_summary(cfg, output_dir, err)
+    except Exception as exc:             # a config too broken to record (e.g. an unresolvable value)
+        log.warning("could not write the failed job's summary.json in %s: %s: %s", output_dir,
+                    type(exc).__name__, exc)
+
+
+# Files of a run's .hydra/ snapshot as they were before Hydra rewrote them for the current job
+# (path -> previous bytes, None when the file is new): restored when the job is refused, so a directory
+# holding another run keeps a snapshot that agrees with its summary.json.
+_SNAPSHOT_BEFORE: dict[Path, bytes | None] = {}
+
+
+def _keep_snapshot_backups() -> None:
+    """Wrap Hydra's `_save_config` (which writes .hydra/{config,hydra,overrides}.yaml before the task
+    runs) so that the files it overwrites are kept in memory (_SNAPSHOT_BEFORE). Idempotent; installed at
+    import, so a submitit job (which unpickles _hydra_main, importing this module) has it too."""
+    import hydra.core.utils as hydra_utils
+
+    original = hydra_utils._save_config
+    if getattr(original, "_keeps_backup", False):
+        return
+
+    def save_config(cfg, filename, output_dir):
+        path = Path(output_dir) / filename
+        _SNAPSHOT_BEFORE[path] = path.read_bytes() if path.is_file() else None
+        return original(cfg, filename, output_dir)
+
+    save_config._keeps_backup = True
+    hydra_utils._save_config = save_config
+
+
+def _restore_snapshot(output_dir: str) -> None:
+    """Put back the .hydra/ files of `output_dir` that Hydra overwrote for this (refused) job."""
+    root = Path(output_dir).resolve()
+    for path, before in list(_SNAPSHOT_BEFORE.items()):
+        if root in path.resolve().parents and before is not None:
+            path.write_bytes(before)
+
+
+def _forget_snapshot(output_dir: str) -> None:
+    root = Path(output_dir).resolve()
+    for path in [p for p in _SNAPSHOT_BEFORE if root in p.resolve().parents]:
+        del _SNAPSHOT_BEFORE[path]
+
+
+_keep_snapshot_backups()
+
+
 def run(cfg: DictConfig, output_dir: str, data_bundle=None) -> float:
     """Train one run described by `cfg`, writing its record to `output_dir`; returns the final test error.
 
@@ -161,7 +218,9 @@ def _hydra_main(cfg: DictConfig) -> float:
         output_dir = dist.agree_output_dir(output_dir)
     # errors every rank meets alike (config, divergence, preemption) are reported by rank 0 alone
     report = log.warning if dist.is_main else log.debug
+    from selective_backprop.validate import check_added_keys
     try:
+        check_added_keys(hydra_cfg.overrides.task, hydra_cfg.runtime.choices)    # `+typo=...`
         return run(cfg, output_dir)
     except Preempted as err:
         report("%s", err)
@@ -169,9 +228,15 @@ def _hydra_main(cfg: DictConfig) -> float:
     except (ConfigError, DivergedError) as err:
         kind = "diverged: " if isinstance(err, DivergedError) else ""
         (log.error if dist.is_main else log.debug)("%s%s", kind, err)
+        if isinstance(err, ConfigError) and dist.is_main:
+            _restore_snapshot(output_dir)           # a refused job leaves the directory as it was
+            if multirun:
+                _write_failed_job_summary(cfg, output_dir, err)
         if multirun:        # Hydra's launcher marks this job failed and runs the others
             raise
         sys.exit(EXIT_DIVERGED if isinstance(err, DivergedError) else EXIT_CONFIG)
+    finally:
+        _forget_snapshot(output_dir)
 
 
 # Overrides that keep Hydra itself from writing into the run directory on a data-parallel rank r > 0

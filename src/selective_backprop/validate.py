@@ -10,8 +10,10 @@ to resume, or holds this run already finished; it refuses a directory holding a 
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -103,7 +105,7 @@ def _check_top(cfg: Any) -> None:
 
 def _check_train(cfg: Any) -> None:
     _int_at_least(cfg, "train.batch_size", 1)
-    _positive(cfg, "train.max_epochs", nullable=True)
+    _int_at_least(cfg, "train.max_epochs", 1, nullable=True)    # epochs are counted: no fractions
     _positive(cfg, "train.max_time_s", nullable=True)
     if _get(cfg, "train.max_epochs") is None and _get(cfg, "train.max_time_s") is None:
         raise ConfigError("train.max_epochs and train.max_time_s are both null: the run would never stop; "
@@ -115,7 +117,12 @@ def _check_train(cfg: Any) -> None:
     _boolean(cfg, "train.channels_last", False)
     _one_of(cfg, "train.precision", PRECISIONS, "fp32")
     _int_at_least(cfg, "train.checkpoint_every", 1, 1)
-    _boolean(cfg, "train.progress", True)
+    progress = _get(cfg, "train.progress", "auto")
+    if not (isinstance(progress, bool) or progress == "auto"):
+        _fail("train.progress", progress, "auto (bars on a terminal, a log line per epoch otherwise) | true | false")
+    factor = _get(cfg, "train.diverge_factor", 100)
+    if factor is not None and (not _is_number(factor) or factor <= 1):
+        _fail("train.diverge_factor", factor, "a number > 1 (test loss > factor x ln(num_classes) = diverged) or null")
     _boolean(cfg, "train.tensorboard", True)
 
 
@@ -194,7 +201,7 @@ def _check_model(cfg: Any) -> None:
 
 
 def _check_dataset(cfg: Any) -> None:
-    from selective_backprop.data.datasets import DATASET_INFO, _parse
+    from selective_backprop.data.datasets import DATASET_INFO, _parse, check_root
 
     if _get(cfg, "dataset") is None:
         raise ConfigError("dataset: missing; accepted: a config group option such as dataset=fashion_mnist")
@@ -204,6 +211,7 @@ def _check_dataset(cfg: Any) -> None:
     if opt.subset is not None and opt.subset > train_size:
         raise ConfigError(f"dataset.subset: {opt.subset} is out of range; accepted: an integer in "
                           f"[1, {train_size}] (the {info.title} training set) or null")
+    check_root(opt.name, opt.root, opt.download)     # a file, or unwritable where files must be written
 
 
 def validate_config(cfg: DictConfig) -> None:
@@ -270,3 +278,71 @@ def check_run_dir(cfg: DictConfig, output_dir: str | Path) -> RunDirState:
                           f"accepted: an empty directory or one holding this same run; "
                           f"set another hydra.run.dir (nothing was overwritten)")
     return RunDirState(run_dir, summary, ckpt if ckpt.is_file() else None)
+
+
+# ------------------------------------------------------------------------ keys added on the command line
+
+def _yaml_paths(node: Any, prefix: str) -> set[str]:
+    """Every dotted key path (inner nodes and leaves) of a parsed yaml mapping, under `prefix`."""
+    paths: set[str] = set()
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "defaults" and not prefix:
+                continue
+            path = f"{prefix}.{key}" if prefix else str(key)
+            paths.add(path)
+            paths |= _yaml_paths(value, path)
+    return paths
+
+
+def _option_keys(path: Path, default_package: str) -> set[str]:
+    """The key paths a config file defines, placed at its `# @package` (default: its group's path)."""
+    import yaml
+
+    text = path.read_text()
+    package = default_package
+    for line in text.splitlines():
+        if line.startswith("# @package"):
+            package = line.split(None, 2)[2].strip() if len(line.split()) > 2 else default_package
+            break
+    package = "" if package == "_global_" else package.replace("_group_", default_package)
+    return _yaml_paths(yaml.safe_load(text) or {}, package)
+
+
+def known_keys(choices: Mapping[str, Any]) -> set[str]:
+    """Key paths config.yaml or the selected option of each config group defines (read from the yaml
+    files each time, so keys added there are known at once; no list is kept here)."""
+    from selective_backprop.conf import CONFIG_DIR
+
+    conf = Path(CONFIG_DIR)
+    keys = _option_keys(conf / "config.yaml", "")
+    for group, option in choices.items():
+        path = conf / str(group) / f"{option}.yaml"
+        if option is not None and not str(group).startswith("hydra") and path.is_file():
+            keys |= _option_keys(path, str(group).replace("/", "."))
+    return keys
+
+
+def check_added_keys(overrides: Sequence[str], choices: Mapping[str, Any]) -> None:
+    """Refuse a key added with `+key=value` / `++key=value` that no config file defines (a typo such as
+    `+train.max_epoch=5` would otherwise be ignored and the run train with the defaults).
+
+    `choices` are the selected option of each config group (HydraConfig's runtime.choices). Keys under
+    `hydra.` and config-group selections (`+experiment=...`) are not checked.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from selective_backprop.conf import CONFIG_DIR
+
+    known: set[str] | None = None
+    for override in OverridesParser.create().parse_overrides(list(overrides)):
+        key = override.key_or_group
+        if not (override.is_add() or override.is_force_add()) or key.split(".")[0].split("/")[0] == "hydra":
+            continue
+        if key in choices or (Path(CONFIG_DIR) / key).is_dir():      # a config group, not a key
+            continue
+        known = known_keys(choices) if known is None else known
+        if key not in known:
+            close = difflib.get_close_matches(key, sorted(known), n=1)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            raise ConfigError(f"{key}: unknown key (added with '+'); accepted: a key that config.yaml or "
+                              f"the selected config group option defines{hint}")

@@ -7,11 +7,26 @@ import logging
 import sys
 
 from selective_backprop.analysis.records import NoUsableRunsError, RunSet, load_runs, require_runs
+from selective_backprop.cli_errors import check_output_dir, report_bad_input
+from selective_backprop.errors import ConfigError
+
+
+class ReportParser(argparse.ArgumentParser):
+    """The report scripts' parser: `--out` naming a file or an unwritable place ends the script with
+    one `ERROR --out: ...` line and exit 2, before any run is read."""
+
+    def parse_args(self, args=None, namespace=None):  # type: ignore[override]
+        parsed = super().parse_args(args, namespace)
+        try:
+            check_output_dir(parsed.out, "--out")
+        except ConfigError as err:
+            sys.exit(report_bad_input(err))
+        return parsed
 
 
 def report_parser(doc: str, include_noisy: bool = True) -> argparse.ArgumentParser:
     """RUN_DIR... --out DIR [-v] (and --include-noisy): the arguments every report script takes."""
-    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    ap = ReportParser(description=doc.split("\n\n")[0])
     ap.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
                     help="run directories or folders holding them (walked recursively)")
     ap.add_argument("--out", required=True, help="output folder (created)")
@@ -41,3 +56,5 @@ def usable_runs(run_dirs: list[str]) -> RunSet | None:
     except NoUsableRunsError as exc:
         fail(str(exc))
         return None
+    except ConfigError as exc:      # a bad input file: one ERROR line, exit 2
+        sys.exit(report_bad_input(exc))

@@ -71,13 +71,27 @@ def traditional_final_errors(runset: RunSet) -> dict[str, float]:
     return out
 
 
+def drop_nan_seeds(runset: RunSet) -> RunSet:
+    """The runs whose final test error is a number: a seed with a NaN error is left out of its
+    configuration with a warning naming it (kept in, it would make the whole configuration never
+    reach a target and silently turn a speedup into "–")."""
+    runs = runset.runs
+    if runs.empty:
+        return runset
+    bad = pd.to_numeric(runs["final_test_error"], errors="coerce").isna()
+    for _, r in runs[bad].iterrows():
+        logger.warning("run %s (%s, seed %s): final test error is NaN; left out of Table 1 (its "
+                       "configuration uses the other seeds)", r["run_dir"], r["strategy"], r["seed"])
+    return runset.subset(~bad) if bad.any() else runset
+
+
 def config_times(runset: RunSet, factors: Sequence[float] = TARGET_FACTORS,
                  include_noisy: bool = False) -> pd.DataFrame:
     """One row per configuration of every dataset that has a Traditional baseline: ``dataset,
     strategy, config_key, lr_schedule, n_seeds, final_test_error`` (seed mean),
     ``final_error_traditional``, and per factor ``target_<f>`` and ``time_<f>`` (seed-mean time
     to the target, NaN unless every seed reached it)."""
-    rs = runset if include_noisy else runset.clean()
+    rs = drop_nan_seeds(runset if include_noisy else runset.clean())
     trad_err = traditional_final_errors(rs)
     missing = sorted(set(rs.datasets) - set(trad_err))
     if missing:

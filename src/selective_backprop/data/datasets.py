@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import pickle
+import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,7 @@ __all__ = [
     "ImageArrayDataset",
     "apply_label_noise",
     "build_data",
+    "check_root",
     "fetch",
     "load_arrays",
     "select_subset",
@@ -332,6 +334,41 @@ _PARSE_ERRORS = (
 )
 
 
+# ------------------------------------------------------------------------------------- data root
+
+
+def _needs_write(name: str, root: Path, download: bool) -> bool:
+    """Whether loading ``name`` from ``root`` will write there (decompress the Debian copy, download)."""
+    if name == "fashion_mnist":
+        return not fmd.raw_files_present(root)
+    return download
+
+
+def check_root(name: str, root: str | Path, download: bool = False) -> None:
+    """Raise DataError (one line naming the path) when ``root`` cannot serve as the data folder.
+
+    ``root`` (or the first of its parents that exists) must be a folder, and writable when loading
+    will write there. Writability is probed with a temporary file that is deleted at once (permission
+    bits alone do not tell: root users, read-only mounts, /proc); nothing else is created.
+    """
+    root = Path(root).expanduser().absolute()
+    existing = root
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        where = "is a file" if existing == root else f"cannot be created: '{existing}' is a file"
+        raise DataError(f"dataset.root: '{root}' {where}; accepted: a folder (set dataset.root or SB_DATA_ROOT)")
+    if not _needs_write(name, root, download):
+        return
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as exc:
+        raise DataError(f"dataset.root: '{root}' is not writable ({exc.strerror or exc} in '{existing}'); "
+                        f"accepted: a writable folder, or one that already holds the "
+                        f"{DATASET_INFO[name].title} files (set dataset.root or SB_DATA_ROOT)") from exc
+
+
 # ---------------------------------------------------------------------------------------- loaders
 
 
@@ -414,6 +451,7 @@ def load_arrays(
     """((train images, train targets), (test images, test targets)) as uint8 N×C×H×W / int64 tensors."""
     name = _canonical_name(name)
     root = Path(root).expanduser().absolute()
+    check_root(name, root, download)
     if name in ("cifar10", "cifar100"):
         train, test = _load_cifar(name, root, download)
     elif name == "svhn":

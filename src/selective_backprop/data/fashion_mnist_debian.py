@@ -106,6 +106,13 @@ def validate_idx(path: Path, spec: IdxSpec, label: Path | None = None) -> None:
         )
 
 
+def _umask() -> int:
+    """The process umask (read by setting it and putting it back at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _decompress_one(src: Path, dst: Path, spec: IdxSpec) -> None:
     """Decompress ``src`` to ``dst`` atomically (temp file in dst's folder + rename), validating it."""
     fd, tmp_name = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
@@ -114,6 +121,7 @@ def _decompress_one(src: Path, dst: Path, spec: IdxSpec) -> None:
         with os.fdopen(fd, "wb") as out, gzip.open(src, "rb") as gz:
             shutil.copyfileobj(gz, out, length=1 << 20)
         validate_idx(tmp, spec, label=src)
+        os.chmod(tmp, 0o666 & ~_umask())    # mkstemp makes 0600: a shared data root needs the umask's mode
         os.replace(tmp, dst)
     except (OSError, EOFError, zlib.error) as exc:
         raise DataError(

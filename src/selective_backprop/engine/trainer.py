@@ -6,6 +6,7 @@ import contextlib
 import logging
 import math
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -141,6 +142,14 @@ def set_determinism(enabled: bool) -> None:
     torch.use_deterministic_algorithms(enabled, warn_only=True)
     torch.backends.cudnn.deterministic = enabled
     torch.backends.cudnn.benchmark = not enabled
+
+
+def progress_mode(setting: Any) -> str:
+    """train.progress -> "bar" (tqdm), "line" (one log line per epoch) or "off"; `auto` shows bars
+    only when stderr is a terminal, so logs of batch jobs are not flooded with bar redraws."""
+    if setting == "auto":
+        return "bar" if sys.stderr.isatty() else "line"
+    return "bar" if setting else "off"
 
 
 def lr_factor(epoch: float, milestones: list, gamma: float) -> float:
@@ -358,6 +367,26 @@ class Trainer:
             raise DivergedError(f"training loss became non-finite by step {self.counters.steps} "
                                 f"(epoch {self.progress():.2f}); lower optimizer.lr or check the data")
 
+    def _check_explosion(self, error: float, test_loss: float) -> None:
+        """Divergence short of NaN: a test loss above train.diverge_factor x ln(num_classes) (the loss of
+        an untrained model), or test error at chance (within 2 %) once the first LR stage is over.
+        train.diverge_factor=null turns both off. Every rank sees the same evaluation: all raise, or none."""
+        factor = self.cfg.train.get("diverge_factor", 100)
+        if factor is None:
+            return
+        classes = self.data.num_classes
+        limit = float(factor) * math.log(classes)
+        chance = 1.0 - 1.0 / classes
+        if test_loss > limit:
+            why = f"test loss {test_loss:.4g} > train.diverge_factor x ln({classes}) = {limit:.4g}"
+        elif self.milestones and self.progress() >= self.milestones[0] and error >= 0.98 * chance:
+            why = (f"test error {error:.4f} is at chance ({chance:.2f}) after the first LR stage "
+                   f"(epoch {self.milestones[0]})")
+        else:
+            return
+        raise DivergedError(f"{why} by step {self.counters.steps} (epoch {self.progress():.2f}); lower "
+                            f"optimizer.lr, or set train.diverge_factor=null to keep training")
+
     def _record_eval(self) -> dict:
         self._check_finite()
         if self.dist.enabled:                 # BatchNorm statistics: rank 0's, as DDP's forward uses
@@ -367,6 +396,7 @@ class Trainer:
         if not math.isfinite(test_loss):      # weights blew up after the last (finite) training loss
             raise DivergedError(f"test loss became non-finite by step {self.counters.steps} "
                                 f"(epoch {self.progress():.2f}); lower optimizer.lr or check the data")
+        self._check_explosion(error, test_loss)
         counts = self._counts()
         iv = self._interval
         n_trained, loss_total, noisy_total = iv["trained"], float(iv["loss_sum"]), float(iv["noisy"])
@@ -501,12 +531,15 @@ class Trainer:
             torch.manual_seed(self._epoch_seed(epoch))   # augmentation + dropout
             lr_epoch = epoch if self.unit == "considered" else math.floor(self.progress())
             self._set_lr(lr_epoch)
-            bar = tqdm(total=self.n_train, desc=f"epoch {epoch}", leave=False,
-                       disable=not self.cfg.train.get("progress", True) or not self.dist.is_main, unit="ex")
+            mode = progress_mode(self.cfg.train.get("progress", "auto")) if self.dist.is_main else "off"
+            bar = tqdm(total=self.n_train, desc=f"epoch {epoch}", leave=False, disable=mode != "bar", unit="ex")
             self.timer.resume()
             stop = self._run_epoch(epoch, bar, max_epochs, max_time)
             self.timer.pause()
             bar.close()
+            if mode == "line" and not stop:      # train.progress=auto off a terminal: one line per epoch
+                log.info("epoch %d done | %d examples considered, %d backpropped | train %.1fs", epoch,
+                         self.counters.considered, self.counters.backpropped, self.timer.train_s)
             if stop:
                 return stop
             epoch += 1
