@@ -6,14 +6,15 @@ train on them. Strategies count what they consider, forward and keep in `ctx.cou
 Data parallel (`ctx.dist.world_size` K > 1): every rank runs its own strategy on its shard of each
 epoch, and the strategies stay in lockstep: SB's loss history is global (the selection losses are
 all-gathered, rank order), every rank emits the same number of packed batches (the minimum ready on
-any rank; the rest is carried), Stale-SB's probability table is filled from the gathered stream, and
-Kath18's τ is averaged over ranks with one agreed gate decision per step. With K = 1 none of this
-runs: the single-process code paths are unchanged.
+any rank; the rest is carried), Stale-SB's loss table is filled from the gathered selection and
+training losses, and Kath18's τ is averaged over ranks with one agreed gate decision (per epoch or
+per step). With K = 1 none of this runs: the single-process code paths are unchanged.
 """
 
 from __future__ import annotations
 
 import itertools
+import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
@@ -28,6 +29,8 @@ from selective_backprop.selection.packer import BatchPacker
 from selective_backprop.selection.readback import LaggedReader
 from selective_backprop.selection.selector import (LossSelector, SeededGenerator,
                                                    per_example_cross_entropy, selection_forward)
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -176,7 +179,16 @@ class _Packing(Strategy):
 
 
 class SelectiveBackprop(_Packing):
-    """SB (Alg. 1 + 2): selection forward, P = CDF(loss)^β over the last R losses, pack kept examples."""
+    """SB (Alg. 1 + 2): selection forward, P = CDF(loss)^β over the last R losses, pack kept examples.
+
+    `percentile`: strict (the authors': batch pushed first, share strictly below) | inclusive (one by
+    one, <=). `prime_epochs` (default 1, the authors' PrimedSelector in SelectiveBackprop
+    `lib/selectors.py`): in the first prime_epochs epochs every example is backpropped; the selection
+    forward still runs (counted and timed as select_forward) but its losses do not enter the history
+    (the authors' BaselineSelector never calls the probability calculator). Its losses feed nothing
+    else in SB; Stale-SB stores them as the examples' losses (the authors' forwardpropper writes
+    metadata["loss"]), superseded at once by the training forward since every example trains.
+    """
 
     name = "sb"
 
@@ -189,30 +201,46 @@ class SelectiveBackprop(_Packing):
         self.select_precision = _get(cfg, "select_precision", "fp32")
         if self.select_batch_size < 1:
             raise ConfigError(f"strategy.select_batch_size={self.select_batch_size}: must be >= 1")
-        self.selector = LossSelector(self.beta, self.history, self.prob_min, seed)
+        self.percentile = _get(cfg, "percentile", "strict")
+        if self.percentile not in rules.PERCENTILE_RULES:
+            raise ConfigError(f"strategy.percentile={self.percentile!r}: must be one of "
+                              f"{', '.join(rules.PERCENTILE_RULES)}")
+        self.prime_epochs = _get(cfg, "prime_epochs", 1)
+        if isinstance(self.prime_epochs, bool) or not isinstance(self.prime_epochs, int) or self.prime_epochs < 0:
+            raise ConfigError(f"strategy.prime_epochs={self.prime_epochs!r}: must be an integer >= 0")
+        self.selector = LossSelector(self.beta, self.history, self.prob_min, seed, self.percentile)
 
     def params(self) -> dict:
         return {"beta": self.beta, "selectivity": self.selectivity, "history": self.history,
                 "prob_min": self.prob_min, "select_batch_size": self.select_batch_size,
-                "select_mode": self.select_mode, "select_precision": self.select_precision}
+                "select_mode": self.select_mode, "select_precision": self.select_precision,
+                "percentile": self.percentile, "prime_epochs": self.prime_epochs}
 
-    def _select_pass(self, epoch: int, ctx: Context) -> Iterator[tuple[Batch, torch.Tensor, torch.Tensor]]:
+    def priming(self, epoch: int) -> bool:
+        """True in the first prime_epochs epochs (every example is backpropped)."""
+        return epoch < self.prime_epochs
+
+    def _select_pass(self, epoch: int, ctx: Context) -> Iterator[tuple[Batch, torch.Tensor]]:
+        priming = self.priming(epoch)
         for b in ctx.source.batches(ctx.source.permutation(epoch), self.select_batch_size, epoch):
             losses, _ = ctx.select_forward(b.x, b.y, self.select_mode, self.select_precision)
-            mask, probs = self._select(b, losses, ctx)
+            mask = self._decide(b, losses, priming, ctx)
             ctx.counters.considered += b.x.shape[0]
             ctx.counters.add_kept(mask.sum())
-            yield b, mask, probs
+            yield b, mask
 
-    def _select(self, b: Batch, losses: torch.Tensor, ctx: Context) -> tuple[torch.Tensor, torch.Tensor]:
-        """(keep mask, probabilities); data parallel: the CDF is over every rank's losses (rank order)."""
+    def _decide(self, b: Batch, losses: torch.Tensor, priming: bool, ctx: Context) -> torch.Tensor:
+        """Keep mask; priming keeps all (history untouched); data parallel: the CDF is over every
+        rank's losses (rank order)."""
+        if priming:
+            return torch.ones(losses.shape, dtype=torch.bool, device=losses.device)
         if ctx.dist.world_size == 1:
-            return self.selector.select(losses)
+            return self.selector.select(losses)[0]
         all_losses, offset = ctx.dist.all_gather_cat(losses)
-        return self.selector.select(losses, all_losses=all_losses, offset=offset)
+        return self.selector.select(losses, all_losses=all_losses, offset=offset)[0]
 
     def epoch(self, epoch: int, ctx: Context) -> Iterator[TrainBatch]:
-        for b, mask, _ in self._select_pass(epoch, ctx):
+        for b, mask in self._select_pass(epoch, ctx):
             yield from self._pack(b, mask, ctx)
 
     def state_dict(self) -> dict:
@@ -224,58 +252,125 @@ class SelectiveBackprop(_Packing):
 
 
 class StaleSB(SelectiveBackprop):
-    """Stale-SB: selection forwards only when epoch % n == 0; in between, the last probability decides."""
+    """Stale-SB as the authors' (SelectiveBackprop `lib/fp_selectors.py` StaleSelector,
+    `lib/forwardproppers.py`, `lib/backproppers.py`): a table holds each example's latest loss.
+
+    Selection epochs (every n-th after priming) run the selection forward and store every forwarded
+    example's loss; whenever an example is trained, its training-forward loss replaces the stored
+    one (after_train_step). Stale epochs run no selection forward: each example's stored loss is
+    pushed into the history and ranked against it with the same rule as SB (the authors' selector
+    saw stale and fresh losses alike, so stale losses enter the history), chunks of
+    select_batch_size; the keep decision is redrawn and only the chosen examples are loaded and
+    trained (with an up-to-date training forward).
+
+    Selection epochs: epoch < prime_epochs, or (epoch − max(prime_epochs − 1, 0)) % n == 0 — the
+    authors' "epochs since the last forward >= n" (epoch % n == 0 with one priming epoch).
+    Not copied: the authors' forwardpropper forwarded the whole queued batch and zipped its losses
+    onto the selected examples only (mislabelled losses). Examples never forwarded yet (data
+    parallel with N not divisible by K: at most K − 1) hold +inf: ranked above every loss.
+
+    Data parallel: the table is global (identical on every rank): selection losses and training
+    losses are all-gathered with their indices before being stored.
+    """
 
     name = "stale_sb"
 
     def __init__(self, cfg: Any, batch_size: int, seed: int):
         super().__init__(cfg, batch_size, seed)
-        staleness = _get(cfg, "staleness", 3)
+        staleness = _get(cfg, "staleness", 2)
         if isinstance(staleness, bool) or not isinstance(staleness, int) or staleness < 1:
             raise ConfigError(f"strategy.staleness={staleness!r}: must be an integer >= 1")
         self.staleness = staleness
-        self.prob_table: torch.Tensor | None = None
+        self.loss_table: torch.Tensor | None = None
+        self.dist: Dist = SINGLE          # set from the context each epoch (after_train_step has none)
 
     def params(self) -> dict:
         return {**super().params(), "staleness": self.staleness}
 
     def _tables(self, ctx: Context) -> None:
-        if self.prob_table is None:
-            self.prob_table = torch.ones(len(ctx.source), device=ctx.device)
+        if self.loss_table is None:
+            self.loss_table = torch.full((len(ctx.source),), float("inf"), device=ctx.device)
+
+    def selection_epoch(self, epoch: int) -> bool:
+        """Does `epoch` run selection forwards (see the class docstring)?"""
+        anchor = max(self.prime_epochs - 1, 0)
+        return self.priming(epoch) or (epoch - anchor) % self.staleness == 0
 
     def epoch(self, epoch: int, ctx: Context) -> Iterator[TrainBatch]:
         self._tables(ctx)
-        if epoch % self.staleness == 0:
-            for b, mask, probs in self._select_pass(epoch, ctx):
-                self.prob_table[b.idx] = probs
-                yield from self._pack(b, mask, ctx)
+        self.dist = ctx.dist
+        if self.selection_epoch(epoch):
+            yield from super().epoch(epoch, ctx)
             return
         order = ctx.source.permutation(epoch).to(ctx.device)
-        mask = rules.draw(self.prob_table[order], self.selector.generator.get(ctx.device))
+        mask = self._stale_mask(order, ctx)
         ctx.counters.considered += order.shape[0]
         ctx.counters.add_kept(mask.sum())
         yield from self._train_on_chosen(order[mask], epoch, ctx)
 
-    def _select(self, b: Batch, losses: torch.Tensor, ctx: Context) -> tuple[torch.Tensor, torch.Tensor]:
-        """Data parallel: every rank computes the whole gathered stream's probabilities and stores them
-        all, so the table is global (identical on every rank) whichever rank gets an example next."""
+    def _stale_mask(self, order: torch.Tensor, ctx: Context) -> torch.Tensor:
+        """Keep mask of a stale epoch: stored losses pushed and ranked chunk by chunk, then drawn.
+
+        Data parallel: one gather of every rank's order; chunk c of the global stream is every
+        rank's chunk c in rank order, as in a selection epoch, so the history stays global.
+        """
+        generator = self.selector.generator.get(order.device)
+        step = self.select_batch_size
         if ctx.dist.world_size == 1:
-            return super()._select(b, losses, ctx)
+            masks = [rules.draw(self.selector.probabilities(self.loss_table[chunk]), generator)
+                     for chunk in order.split(step)]
+        else:
+            all_order, offset = ctx.dist.all_gather_cat(order)
+            grid = all_order.view(ctx.dist.world_size, order.shape[0])   # equal shards (ShardedSource)
+            rank = offset // max(order.shape[0], 1)
+            masks = []
+            for start in range(0, order.shape[0], step):
+                cols = grid[:, start:start + step]
+                all_losses = self.loss_table[cols.reshape(-1)]
+                mine = all_losses[rank * cols.shape[1]:(rank + 1) * cols.shape[1]]
+                probs = self.selector.probabilities(mine, all_losses=all_losses, offset=rank * cols.shape[1])
+                masks.append(rules.draw(probs, generator))
+        if not masks:
+            return torch.zeros(0, dtype=torch.bool, device=order.device)
+        return torch.cat(masks)
+
+    def _decide(self, b: Batch, losses: torch.Tensor, priming: bool, ctx: Context) -> torch.Tensor:
+        """Store the selection losses (data parallel: every rank's, so the table stays global), then
+        decide as SB."""
+        if ctx.dist.world_size == 1:
+            self.loss_table[b.idx] = losses
+            return super()._decide(b, losses, priming, ctx)
         all_losses, offset = ctx.dist.all_gather_cat(losses)
-        all_idx, _ = ctx.dist.all_gather_cat(b.idx)
-        all_probs = self.selector.probabilities(all_losses)
-        self.prob_table[all_idx] = all_probs
-        probs = all_probs[offset:offset + losses.shape[0]]
-        return rules.draw(probs, self.selector.generator.get(probs.device)), probs
+        all_idx, _ = ctx.dist.all_gather_cat(b.idx.to(losses.device))
+        self.loss_table[all_idx] = all_losses
+        if priming:
+            return torch.ones(losses.shape, dtype=torch.bool, device=losses.device)
+        probs = self.selector.probabilities(losses, all_losses=all_losses, offset=offset)
+        return rules.draw(probs, self.selector.generator.get(probs.device))
+
+    def after_train_step(self, batch: TrainBatch, losses: torch.Tensor, logits: torch.Tensor) -> None:
+        """Refresh the stored losses of the trained examples with their training-forward losses
+        (the authors' backpropper writes metadata["loss"]); data parallel: every rank's, gathered."""
+        if self.loss_table is None:
+            return
+        idx = batch.idx.to(self.loss_table.device)
+        losses = losses.detach().to(self.loss_table.dtype)
+        if self.dist.world_size > 1:
+            losses, _ = self.dist.all_gather_cat(losses)
+            idx, _ = self.dist.all_gather_cat(idx)
+        self.loss_table[idx] = losses
 
     def state_dict(self) -> dict:
-        table = None if self.prob_table is None else self.prob_table.cpu()
-        return {**super().state_dict(), "prob_table": table}
+        table = None if self.loss_table is None else self.loss_table.cpu()
+        return {**super().state_dict(), "loss_table": table}
 
     def load_state_dict(self, state: dict, device: torch.device = torch.device("cpu")) -> None:
         super().load_state_dict(state, device)
-        table = state["prob_table"]
-        self.prob_table = None if table is None else table.to(device)
+        table = state.get("loss_table")
+        if table is None and "prob_table" in state:
+            logger.warning("Stale-SB checkpoint from before issue 11 (a probability table): its losses "
+                           "are unknown until the next selection epoch; stale epochs keep them all")
+        self.loss_table = None if table is None else table.to(device)
 
 
 class Uniform(_Packing):
@@ -335,10 +430,16 @@ class _ExampleStream:
 class Kath18(Strategy):
     """Katharopoulos & Fleuret 2018 with variable starting, as the paper ran it.
 
-    While τ ≤ τ_th: uniform minibatches of b, τ updated from their training-forward scores.
-    While τ > τ_th: presample B = b/s uniformly (with replacement), score them in inference mode,
-    update τ from those scores and train on b drawn with replacement, p ∝ score. Not sticky.
-    An epoch = N examples considered.
+    While τ ≤ τ_th: uniform minibatches of b. While τ > τ_th: presample B = b/s uniformly (with
+    replacement), score them in inference mode, update τ from those scores and train on b drawn
+    with replacement, p ∝ score. Not sticky. An epoch = N examples considered.
+
+    `gate_every: epoch` (default, the SelectiveBackprop authors' port): the gate is read once, at
+    the start of each epoch, and holds for the whole epoch; `step`: before every step (idiap's
+    importance-sampling ConditionalStartSampler). `score_while_closed: true` (default, the authors'
+    port): each closed-gate minibatch of b is scored by the inference-mode forward too (timed and
+    counted as select_forward) and τ learns from those scores; `false`: no scoring forward, τ learns
+    from the training forward's scores (idiap's reference, the project's behaviour before issue 11).
     """
 
     name = "kath18"
@@ -359,6 +460,12 @@ class Kath18(Strategy):
         self.momentum = float(_get(cfg, "tau_momentum", 0.9))
         self.select_mode = _get(cfg, "select_mode", "eval")
         self.select_precision = _get(cfg, "select_precision", "fp32")
+        self.gate_every = _get(cfg, "gate_every", "epoch")
+        if self.gate_every not in ("epoch", "step"):
+            raise ConfigError(f"strategy.gate_every={self.gate_every!r}: must be 'epoch' or 'step'")
+        self.score_while_closed = _get(cfg, "score_while_closed", True)
+        if not isinstance(self.score_while_closed, bool):
+            raise ConfigError(f"strategy.score_while_closed={self.score_while_closed!r}: must be true or false")
         self.tau_th = rules.tau_threshold(self.presample, batch_size)
         self.tau: torch.Tensor | None = None
         self._tau_reader: LaggedReader | None = None
@@ -370,7 +477,8 @@ class Kath18(Strategy):
     def params(self) -> dict:
         return {"selectivity": self.selectivity, "presample": self.presample, "score": self.score,
                 "reweight": self.reweight, "tau_momentum": self.momentum, "tau_th": self.tau_th,
-                "select_mode": self.select_mode, "select_precision": self.select_precision}
+                "select_mode": self.select_mode, "select_precision": self.select_precision,
+                "gate_every": self.gate_every, "score_while_closed": self.score_while_closed}
 
     def _scores(self, losses: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return losses if self.score == "loss" else rules.gradient_norm_scores(logits, y)
@@ -397,20 +505,24 @@ class Kath18(Strategy):
         self.dist = ctx.dist
         n = len(ctx.source)
         stream = _ExampleStream(ctx.source.batches(ctx.source.with_replacement(epoch, n), self.batch_size, epoch))
+        epoch_gate = self.gate_open() if self.gate_every == "epoch" else None
         while True:
-            if self.gate_open():
-                chunk = stream.take(self.presample)
-                if chunk is None:
-                    return
-                yield self._importance_batch(chunk, ctx)
-            else:
-                chunk = stream.take(self.batch_size)
-                if chunk is None:
-                    return
-                ctx.counters.considered += chunk.x.shape[0]
-                ctx.counters.add_kept(chunk.x.shape[0])
-                self.uniform_steps += 1
-                yield TrainBatch(chunk.idx, chunk.x, chunk.y, tag="uniform")
+            is_open = epoch_gate if epoch_gate is not None else self.gate_open()
+            chunk = stream.take(self.presample if is_open else self.batch_size)
+            if chunk is None:
+                return
+            yield self._importance_batch(chunk, ctx) if is_open else self._uniform_batch(chunk, ctx)
+
+    def _uniform_batch(self, chunk: Batch, ctx: Context) -> TrainBatch:
+        """Closed gate: train on the uniform minibatch; score it first if score_while_closed."""
+        if self.score_while_closed:
+            losses, logits = ctx.select_forward(chunk.x, chunk.y, self.select_mode, self.select_precision)
+            self._update_tau(self._scores(losses, logits, chunk.y))
+        ctx.counters.considered += chunk.x.shape[0]
+        ctx.counters.add_kept(chunk.x.shape[0])
+        self.uniform_steps += 1
+        tag = "uniform_scored" if self.score_while_closed else "uniform"
+        return TrainBatch(chunk.idx, chunk.x, chunk.y, tag=tag)
 
     def _importance_batch(self, chunk: Batch, ctx: Context) -> TrainBatch:
         losses, logits = ctx.select_forward(chunk.x, chunk.y, self.select_mode, self.select_precision)
