@@ -38,7 +38,12 @@ BAD = [
     (["lr_schedule.milestones=[6,3]"], r"lr_schedule\.milestones.*strictly increasing"),
     (["lr_schedule.milestones=[3,3,8]"], r"lr_schedule\.milestones.*strictly increasing"),
     (["train.max_epochs=null", "train.max_time_s=null"], r"train\.max_epochs and train\.max_time_s.*> 0"),
-    (["train.max_epochs=0"], r"train\.max_epochs=0.*> 0"),
+    (["train.max_epochs=0"], r"train\.max_epochs=0.*>= 1"),
+    (["train.max_epochs=1.5"], r"train\.max_epochs=1\.5.*an integer >= 1 or null"),
+    (["train.eval_every=1.5"], r"train\.eval_every=1\.5.*an integer >= 1"),
+    (["train.checkpoint_every=2.5"], r"train\.checkpoint_every=2\.5.*an integer >= 1"),
+    (["train.progress=sometimes"], r"train\.progress='sometimes'.*auto"),
+    (["train.diverge_factor=1"], r"train\.diverge_factor=1.*> 1"),
     (["train.max_epochs=null", "train.max_time_s=-5"], r"train\.max_time_s=-5.*> 0"),
     (["dataset.subset=0"], r"dataset\.subset.*accepted"),
     (["dataset.subset=60001"], r"dataset\.subset: 60001.*\[1, 60000\]"),
@@ -229,3 +234,60 @@ def test_cli_refuses_to_overwrite_another_finished_run(tmp_path):
     after = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
     assert {k: after.get(k) for k in before} == before and "checkpoint.pt" not in after
     assert not (run_dir / "tb").exists()
+
+
+def test_integer_epochs_and_null_cap_are_accepted(tmp_path):
+    """Issue 15.5: epochs are counted in whole numbers; null (no epoch cap, another budget) stays legal."""
+    base = ["device=cpu", f"dataset.root={tmp_path / 'data'}"]
+    validate_config(compose_config(base + ["train.max_epochs=3", "train.eval_every=2", "train.checkpoint_every=3"]))
+    validate_config(compose_config(base + ["train.max_epochs=null", "train.max_time_s=5"]))
+    validate_config(compose_config(base + ["train.progress=true", "train.diverge_factor=null"]))
+
+
+def _data_root_cli(tmp_path, root):
+    cmd = [sys.executable, "-m", "selective_backprop.train", f"hydra.run.dir={tmp_path / 'run'}"]
+    env = {**os.environ, "SB_DATA_ROOT": str(root), "SB_FASHION_MNIST_DIR": str(tmp_path / "no-debian"),
+           "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    errors = [line for line in (proc.stdout + proc.stderr).splitlines() if "ERROR" in line]
+    assert proc.returncode == 2 and len(errors) == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "Traceback" not in proc.stdout + proc.stderr
+    assert not (tmp_path / "run" / "summary.json").exists() and not (tmp_path / "run" / "tb").exists()
+    return errors[0]
+
+
+@pytest.mark.parametrize("kind", ["file", "below_a_file", "unwritable"])
+def test_data_root_that_is_a_file_or_unwritable_is_refused(tmp_path, kind):
+    """Issue 15.6: SB_DATA_ROOT naming a file or an unwritable place: exit 2, one line naming it."""
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a folder")
+    root = {"file": a_file, "below_a_file": a_file / "data", "unwritable": Path("/sys/sb-data")}[kind]
+    line = _data_root_cli(tmp_path, root)
+    assert f"dataset.root: '{root}'" in line
+    assert ("not writable" if kind == "unwritable" else "is a file") in line
+
+
+def test_read_only_root_holding_the_files_is_fine(tmp_path, monkeypatch, fmnist_root, real_raw):
+    """A shared data root that already holds the files needs no write access."""
+    from selective_backprop.data.datasets import check_root
+
+    monkeypatch.setattr("tempfile.TemporaryFile", lambda **kw: (_ for _ in ()).throw(PermissionError(13, "denied")))
+    check_root("fashion_mnist", fmnist_root)
+    with pytest.raises(DataError, match=r"dataset\.root: '.*empty' is not writable"):
+        check_root("fashion_mnist", tmp_path / "empty")
+
+
+def test_decompressed_files_follow_the_umask(tmp_path):
+    """Issue 15.6: decompressed data files get 0666 & ~umask (mkstemp's 0600 broke shared roots)."""
+    from conftest import DEBIAN_FMNIST
+    from selective_backprop.data.fashion_mnist_debian import decompress_debian
+
+    if not (DEBIAN_FMNIST / "train-images-idx3-ubyte.gz").exists():
+        pytest.skip("Debian's dataset-fashion-mnist is not installed")
+    old = os.umask(0o022)
+    try:
+        assert decompress_debian(tmp_path, DEBIAN_FMNIST)
+    finally:
+        os.umask(old)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in raw_folder(tmp_path).iterdir()}
+    assert modes == {name: 0o644 for name in IDX_FILES}
