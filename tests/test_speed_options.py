@@ -68,7 +68,9 @@ class PerExample(nn.Module):
 def sb_epoch(source, select_batch_size: int, batch_size: int = 64):
     """(training batches, kept indices in selection order) of one SB epoch with a frozen model."""
     ctx = Context(PerExample(), source, source.timer, Counters(), batch_size, CPU)
-    strategy = SelectiveBackprop({"beta": 2.0, "select_batch_size": select_batch_size}, batch_size, seed=3)
+    # the one-by-one (inclusive) rule without priming: its kept set does not depend on the batching
+    strategy = SelectiveBackprop({"beta": 2.0, "select_batch_size": select_batch_size, "percentile": "inclusive",
+                                  "prime_epochs": 0}, batch_size, seed=3)
     kept = []
     select = strategy.selector.select
 
