@@ -16,7 +16,8 @@ OPTIONS = {group: sorted(p.stem for p in (CONF / group).glob("*.yaml"))
 
 
 def test_every_group_has_options():
-    assert set(OPTIONS["strategy"]) == {"traditional", "sb", "stale_sb", "kath18", "uniform"}
+    assert set(OPTIONS["strategy"]) == {"traditional", "sb", "stale_sb", "kath18", "uniform",
+                                        "infobatch", "composer_sb"}
     assert {"cifar10", "cifar100", "svhn", "fashion_mnist"} <= set(OPTIONS["dataset"])
     assert {"wrn28_10", "wrn16_8", "resnet18", "densenet121", "mobilenetv2", "resnet8"} <= set(OPTIONS["model"])
     assert len(OPTIONS["experiment"]) >= 13

@@ -179,7 +179,10 @@ def _check_strategy(cfg: Any) -> None:
         _one_of(cfg, "strategy.score", ("loss", "gnorm"), "loss")
         _boolean(cfg, "strategy.reweight", False)
         _in_range(cfg, "strategy.tau_momentum", 0.0, 1.0, True, 0.9)
-    if name in ("sb", "stale_sb", "kath18"):
+    if name in ("infobatch", "composer_sb") and _get(cfg, "train.max_epochs") is None:
+        raise ConfigError(f"train.max_epochs=None: not accepted with strategy={name} (it schedules on the "
+                          f"run's length); accepted: a number > 0")
+    if name in ("sb", "stale_sb", "kath18", "composer_sb"):
         _one_of(cfg, "strategy.select_mode", ("eval", "train"), "eval")
         _one_of(cfg, "strategy.select_precision", PRECISIONS, "fp32")
     # Whatever the strategy's own constructor checks too (cheap: no tensors are allocated).

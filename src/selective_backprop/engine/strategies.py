@@ -557,6 +557,10 @@ class Kath18(Strategy):
 STRATEGIES: dict[str, type[Strategy]] = {
     cls.name: cls for cls in (Traditional, SelectiveBackprop, StaleSB, Kath18, Uniform)}
 
+# The peer methods (engine/peers.py: InfoBatch, ComposerSB) subclass Strategy and add themselves to
+# STRATEGIES on import; importing them here registers them wherever strategies are built.
+from selective_backprop.engine import peers as _peers  # noqa: E402,F401  (after STRATEGIES: circular)
+
 
 def build_strategy(cfg: Any, batch_size: int, seed: int) -> Strategy:
     """The strategy named by `cfg.name`."""

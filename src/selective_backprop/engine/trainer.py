@@ -212,7 +212,8 @@ class Trainer:
         # examples one epoch considers: the permutation truncated to a multiple of K (all of them for K = 1)
         self.epoch_examples = self.n_train - self.n_train % self.dist.world_size
         self.ctx = _PreemptibleContext(self.model, self.source, self.timer, self.counters, self.batch_size,
-                                       self.device, dist=self.dist)
+                                       self.device, dist=self.dist,
+                                       extras={"max_epochs": tcfg.get("max_epochs")})   # engine/peers.py
         x_test, y_test = self.data.test_arrays()
         self.test_x, self.test_y = self._normalise(x_test), y_test.to(self.device)
         self.noisy = None if self.data.noisy is None else self.data.noisy.to(self.device)
