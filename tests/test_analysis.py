@@ -6,6 +6,7 @@ Golden answers for the fixture run records are hand-computed in tests/fixtures/R
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import os
 import shutil
@@ -232,3 +233,27 @@ def test_notebook_executes(monkeypatch):
     text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code"
                    for o in c.get("outputs", []))
     assert "18 usable runs" in text
+
+
+def test_missing_config_key_groups_by_strategy_schedule_and_params(tmp_path):
+    """Summaries without ``config_key`` and with a config that no longer tells the runs apart (only
+    its dataset): the fallback must still separate strategies, lr schedules and strategy parameters
+    (s = 0.33 vs 0.5), giving the same configurations as the real keys, and Table 1 still builds."""
+    original = load_runs(CIFAR)
+    shutil.copytree(CIFAR, tmp_path / "sweep")
+    for path in (tmp_path / "sweep").glob("*/summary.json"):
+        summary = json.loads(path.read_text())
+        summary.pop("config_key", None)
+        summary["config"] = {"dataset": summary["config"]["dataset"], "seed": summary["seed"]}
+        path.write_text(json.dumps(summary))
+    stripped = load_runs(tmp_path / "sweep")
+
+    def partition(runs: pd.DataFrame) -> set[frozenset[str]]:
+        names = runs["run_dir"].map(lambda d: Path(d).name)
+        return {frozenset(group) for _, group in names.groupby(runs["config_key"])}
+
+    assert len(stripped.runs) == len(original.runs) == 11
+    assert partition(stripped.runs) == partition(original.runs)
+    assert stripped.runs["config_key"].nunique() == original.runs["config_key"].nunique() == 8
+    assert stripped.runs.groupby("config_key")["strategy"].nunique().max() == 1
+    assert len(table1.table1(stripped)) == len(table1.table1(original))

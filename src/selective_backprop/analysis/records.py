@@ -188,6 +188,20 @@ def _name(summary: dict[str, Any], key: str) -> Any:
     return v
 
 
+def _fallback_config_key(summary: dict[str, Any], row: dict[str, Any]) -> str:
+    """A configuration key for a summary without ``config_key`` (the contract says it is always there).
+
+    The config without its seed alone is not enough: a summary with a partial or missing ``config``
+    would merge strategies (and schedules) into one configuration. The names from the summary's top
+    level (dataset, model, strategy, lr_schedule) and its ``strategy_params`` are part of the key too.
+    """
+    config = summary.get("config") or {}
+    key = {"config": {k: v for k, v in config.items() if k != "seed"},
+           **{name: row.get(name) for name in ("dataset", "model", "strategy", "lr_schedule")},
+           "strategy_params": summary.get("strategy_params") or {}}
+    return json.dumps(key, sort_keys=True, default=str)
+
+
 def _run_row(run_dir: Path, summary: dict[str, Any], evals: list[dict[str, Any]]) -> dict[str, Any]:
     config = summary.get("config") or {}
     final = _as_float(summary.get("final_test_error"))
@@ -216,10 +230,9 @@ def _run_row(run_dir: Path, summary: dict[str, Any], evals: list[dict[str, Any]]
         "examples_backpropped": summary.get("examples_backpropped"),
     }
     if row["config_key"] is None:
-        # contract says it is always there; fall back to the config without its seed
-        cfg = {k: v for k, v in config.items() if k != "seed"}
-        row["config_key"] = json.dumps(cfg, sort_keys=True, default=str)
-        logger.info("%s: summary.json has no config_key; grouping by its config", run_dir)
+        row["config_key"] = _fallback_config_key(summary, row)
+        logger.info("%s: summary.json has no config_key; grouping by its config, strategy, lr_schedule "
+                    "and strategy parameters", run_dir)
     for k, v in (summary.get("strategy_params") or {}).items():
         col = k if k not in row and not k.startswith("phase_") else f"param_{k}"
         row[col] = v
