@@ -107,9 +107,6 @@ def _check_train(cfg: Any) -> None:
     _int_at_least(cfg, "train.batch_size", 1)
     _int_at_least(cfg, "train.max_epochs", 1, nullable=True)    # epochs are counted: no fractions
     _positive(cfg, "train.max_time_s", nullable=True)
-    if _get(cfg, "train.max_epochs") is None and _get(cfg, "train.max_time_s") is None:
-        raise ConfigError("train.max_epochs and train.max_time_s are both null: the run would never stop; "
-                          "accepted: at least one of them set to a number > 0")
     _int_at_least(cfg, "train.eval_every", 1, 1)
     _int_at_least(cfg, "train.eval_batch_size", 1, 1024)
     _one_of(cfg, "train.epoch_unit", ("considered", "backpropped"), "considered")
@@ -217,6 +214,23 @@ def _check_dataset(cfg: Any) -> None:
     check_root(opt.name, opt.root, opt.download)     # a file, or unwritable where files must be written
 
 
+def _check_budgets(cfg: Any) -> None:
+    """train.max_cost, the cost weights, train.budget_from / budget_axis, and that some budget is set
+    (engine/budget.py; resolving budget_from only reads summary.json files)."""
+    from selective_backprop.engine.budget import AXES, resolve_budget
+
+    _positive(cfg, "train.max_cost", nullable=True)
+    value = _get(cfg, "train.cost.select_forward", 1.0)
+    if not _is_number(value) or value < 0:
+        _fail("train.cost.select_forward", value, "a number >= 0")
+    _positive(cfg, "train.cost.train_example", 3.0)
+    _one_of(cfg, "train.budget_axis", AXES, "cost")
+    source = _get(cfg, "train.budget_from")
+    if source is not None and (not isinstance(source, str) or not source):
+        _fail("train.budget_from", source, "a folder of run records, or null")
+    resolve_budget(cfg)
+
+
 def validate_config(cfg: DictConfig) -> None:
     """Raise ConfigError (one line: field and accepted range) for the first unusable value in `cfg`."""
     _check_top(cfg)
@@ -226,6 +240,7 @@ def validate_config(cfg: DictConfig) -> None:
     _check_model(cfg)
     _check_dataset(cfg)
     _check_strategy(cfg)
+    _check_budgets(cfg)
 
 
 # ---------------------------------------------------------------------------------- output directory

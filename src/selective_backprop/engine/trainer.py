@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import os
@@ -18,6 +19,7 @@ from tqdm import tqdm
 
 from selective_backprop.engine import checkpoint as ckpt
 from selective_backprop.engine import distributed
+from selective_backprop.engine.budget import resolve_budget
 from selective_backprop.engine.distributed import ShardedSource
 from selective_backprop.engine.records import RunRecorder, config_key
 from selective_backprop.engine.device_source import build_source
@@ -165,6 +167,7 @@ class Trainer:
 
         validate_config(cfg)           # refuse bad input before building anything heavy
         self.cfg = cfg
+        self.budget = resolve_budget(cfg)          # max_epochs / max_time_s / max_cost (engine/budget.py)
         self.output_dir = output_dir
         self.dist = distributed.current()          # K > 1 under torchrun / submitit tasks (engine/distributed.py)
         self.device = resolve_device(str(cfg.device))
@@ -269,6 +272,18 @@ class Trainer:
             keys = ("considered", "select_forwarded", "train_forwarded", "backpropped", "kept")
             counts.update(zip(keys, self.dist.sum_ints([counts[k] for k in keys])))
         return counts
+
+    def spent_cost(self) -> float:
+        """Cost so far in forward-equivalent units (engine/budget.py), from host counters only (no device
+        sync); data parallel: global sums, a collective every rank must call."""
+        select_forwarded, backpropped = self.counters.select_forwarded, self.counters.backpropped
+        if self.dist.enabled:
+            select_forwarded, backpropped = self.dist.sum_ints([select_forwarded, backpropped])
+        return self.budget.weights.cost(select_forwarded, backpropped)
+
+    def _over_cost(self) -> bool:
+        """train.max_cost reached (a collective under data parallelism when max_cost is set)."""
+        return self.budget.max_cost is not None and self.spent_cost() >= self.budget.max_cost
 
     def _times(self) -> tuple[float, dict[str, float], float]:
         """(train_s, phase_s, eval_s); data parallel: the slowest rank's, each."""
@@ -411,6 +426,7 @@ class Trainer:
             "epoch": round(self.progress(), 6), "step": counts["steps"],
             "examples_forwarded": counts["select_forwarded"] + counts["train_forwarded"],
             "examples_backpropped": counts["backpropped"], "examples_considered": counts["considered"],
+            "cost": self.budget.weights.cost(counts["select_forwarded"], counts["backpropped"]),
             "train_s": train_s, "phase_s": phase_s, "eval_s": eval_s,
             "test_error": error, "test_loss": test_loss,
             "train_loss": loss_total / trained if n_trained else float("nan"),
@@ -453,6 +469,8 @@ class Trainer:
             "train_s": train_s, "epochs": round(self.progress(), 6),
             "steps": counts["steps"], "examples_backpropped": counts["backpropped"],
             "examples_forwarded": counts["select_forwarded"] + counts["train_forwarded"],
+            "cost": self.budget.weights.cost(counts["select_forwarded"], counts["backpropped"]),
+            "budget": self.budget.record(),
             "phase_s": phase_s, "status": self.status,
             "torch_version": torch.__version__,
             "device_name": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu",
@@ -462,7 +480,8 @@ class Trainer:
 
     # -- the loop ------------------------------------------------------------------------------
     def fit(self) -> dict:
-        """Train until max_epochs or max_time_s; returns the summary (also written to summary.json).
+        """Train until the first budget set (max_epochs, max_time_s, max_cost; engine/budget.py) is reached;
+        returns the summary (also written to summary.json).
 
         metrics.jsonl restarts from `self.history` (a resumed run's checkpointed evaluations), so a
         resume never duplicates or drops rows. Status: completed / budget (a final checkpoint.pt with
@@ -471,8 +490,7 @@ class Trainer:
         other exception): summary.json gets the error, the records so far stay, the error is re-raised.
         """
         tcfg = self.cfg.train
-        max_epochs = tcfg.get("max_epochs")
-        max_time = tcfg.get("max_time_s")
+        max_epochs, max_time = self.budget.max_epochs, self.budget.max_time_s
         eval_every = int(tcfg.get("eval_every", 1))
         self._wall_start = time.time() - self._wall_offset
         if self.dist.is_main:
@@ -524,6 +542,8 @@ class Trainer:
         while True:
             if max_epochs is not None and self.progress() >= max_epochs - 1e-9:
                 return "completed"
+            if self._over_cost():              # spent by selection forwards at the end of the last epoch
+                return "budget"
             preempted = PREEMPTION.requested
             if self.dist.enabled:              # all ranks stop, or none
                 preempted = self.dist.any_flags([preempted])[0]
@@ -578,6 +598,8 @@ class Trainer:
                 bar.update(self.counters.considered - seen)
                 seen = self.counters.considered
                 if max_time is not None and self.timer.elapsed_train_s() >= max_time and not self.dist.enabled:
+                    return "budget"
+                if self._over_cost():          # within one step of max_cost (data parallel: global sums)
                     return "budget"
                 if self.unit == "backpropped":
                     stop = self._backpropped_checks(max_epochs)
@@ -665,6 +687,7 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             **per_rank,
             "history": [dict(row) for row in self.history],
+            "budget": self.budget.record(),
             "wall_s": time.time() - self._wall_start,
         }
 
@@ -681,6 +704,16 @@ class Trainer:
                          "considered": int(iv["considered"]), "kept": int(iv["kept"])},
             "nonfinite": bool(self._nonfinite),
         }
+
+    def _restore_budget(self, saved: dict | None) -> None:
+        """A resumed run keeps the budget it borrowed with train.budget_from when it started, even if
+        that folder changed since (the configured budgets are part of config_key already)."""
+        if not saved or not saved.get("source") or saved == self.budget.record():
+            return
+        log.warning("resuming with the budget borrowed at the start (%s from %s), not the one found now",
+                    saved["source"].get("axis"), saved["source"].get("run_dir"))
+        self.budget = dataclasses.replace(self.budget, max_cost=saved["max_cost"], max_time_s=saved["max_time_s"],
+                                          source=saved["source"])
 
     def _save_checkpoint(self, state: dict) -> None:
         """Write `state` ({} on a data-parallel rank r > 0: rank 0 writes the one checkpoint)."""
@@ -724,5 +757,6 @@ class Trainer:
             torch.cuda.set_rng_state_all(own["rng"]["cuda"])
         self._wall_offset = float(state["wall_s"])
         self._finished = state.get("finished")
+        self._restore_budget(state.get("budget"))
         self.saved_epoch = self.next_epoch
         return self.next_epoch
