@@ -84,3 +84,28 @@ def test_paper_selectivities():
     for name, s in expect.items():
         cfg = compose_config([f"experiment={name}"])
         assert cfg.strategy.selectivity == pytest.approx(s), name
+
+
+PAPER_EXPERIMENTS = [n for n in OPTIONS["experiment"] if n.startswith(("cifar10_", "cifar100_", "svhn_"))]
+
+
+def test_paper_experiments_stop_on_time_alone():
+    """Issue 11: max_epochs null, the paper's max_time_s, the same for every strategy of a dataset."""
+    from selective_backprop.engine.budget import resolve_budget
+
+    budgets: dict[str, set] = {}
+    for name in PAPER_EXPERIMENTS:
+        cfg = compose_config([f"experiment={name}"])
+        assert cfg.train.max_epochs is None and cfg.train.get("max_cost") is None, name
+        budget = resolve_budget(cfg)              # composes into a valid budget: time alone
+        assert (budget.max_epochs, budget.max_cost) == (None, None), name
+        budgets.setdefault(cfg.dataset.name, set()).add(budget.max_time_s)
+    assert budgets == {"cifar10": {43200.0}, "cifar100": {43200.0}, "svhn": {345600.0}}
+
+
+@pytest.mark.parametrize("dataset", ["cifar10", "cifar100", "svhn"])
+def test_accelerated_schedules_are_08x_schedule1(dataset):
+    sched1 = compose_config([f"lr_schedule={dataset}_sched1"]).lr_schedule
+    fast = compose_config([f"lr_schedule={dataset}_accelerated"]).lr_schedule
+    assert list(fast.milestones) == [round(0.8 * m) for m in sched1.milestones]
+    assert fast.gamma == sched1.gamma
