@@ -8,6 +8,7 @@ end-to-end tests train through the real trainer on the real Fashion-MNIST 512-ex
 from __future__ import annotations
 
 import dataclasses
+import json
 import itertools
 
 import pytest
@@ -17,7 +18,7 @@ from scipy import stats
 from torch import nn
 from torch.utils.data import Dataset
 
-from conftest import compose_config, run_tiny, tiny_config
+from conftest import compose_config, run_tiny
 from selective_backprop.engine.peers import ComposerSB, InfoBatch, composer_rank_probabilities, should_select
 from selective_backprop.engine.source import TorchSource
 from selective_backprop.engine.strategies import Context, Counters, build_strategy
@@ -381,3 +382,23 @@ def test_composer_end_to_end(tmp_path, fmnist_root, small_bundle):
     assert snap["steps"] == 2 * (N // B)
     assert summary["phase_s"]["select_forward"] > 0
     assert summary["strategy_params"]["keep"] == 0.5
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["infobatch", "composer_sb"])
+def test_two_ranks_run_in_lockstep(name, tmp_path, fmnist_root):
+    """K = 2 (torchrun, gloo): both ranks take the same steps and finish. InfoBatch: epoch 0 trains
+    all 512, epoch 1 prunes (global score table); Composer: per-rank selection of 16 of each 32."""
+    from test_distributed import torchrun
+
+    proc = torchrun(str(tmp_path / "run"), fmnist_root, [f"strategy={name}"])
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["world_size"] == 2
+    if name == "composer_sb":
+        assert summary["examples_backpropped"] == N + 2 * (4 * 16 + 4 * 32)
+        assert summary["examples_forwarded"] == summary["examples_backpropped"] + 2 * 4 * 32
+        assert summary["steps"] == 2 * N // B
+    else:
+        assert N < summary["examples_backpropped"] < 2 * N
+        assert summary["examples_forwarded"] == summary["examples_backpropped"]
