@@ -14,6 +14,9 @@ records as Traditional, SB, Stale-SB and Kath18, so their cost and error compare
   batch of an epoch trains on the full batch.
 
 Both need the run's length: `ctx.extras["max_epochs"]` (train.max_epochs; null is a ConfigError).
+Their schedules compare the strategy's epoch index (passes over the data) with it; with
+`train.epoch_unit: backpropped` a run takes more passes than max_epochs, and the passes beyond
+it count as the schedule's end (InfoBatch: annealing; Composer: after `end`, plain batches).
 """
 
 from __future__ import annotations
