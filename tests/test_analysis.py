@@ -5,6 +5,7 @@ Golden answers for the fixture run records are hand-computed in tests/fixtures/R
 
 from __future__ import annotations
 
+import csv
 import importlib.util
 import json
 import logging
@@ -257,3 +258,92 @@ def test_missing_config_key_groups_by_strategy_schedule_and_params(tmp_path):
     assert stripped.runs["config_key"].nunique() == original.runs["config_key"].nunique() == 8
     assert stripped.runs.groupby("config_key")["strategy"].nunique().max() == 1
     assert len(table1.table1(stripped)) == len(table1.table1(original))
+
+
+# ---------------------------------------------------------------- axes: time / time_eval / cost
+
+def _toy_run(folder: Path, strategy: str, schedule: str, rows: list[tuple], with_cost: bool = False) -> None:
+    """A run record with metrics rows (forwarded, backpropped, train_s, eval_s, test_error); no
+    ``cost`` field unless ``with_cost`` (records made before it existed)."""
+    folder.mkdir(parents=True)
+    lines = []
+    for i, (fwd, bp, train_s, eval_s, err) in enumerate(rows, 1):
+        row = {"epoch": float(i), "step": i, "examples_forwarded": fwd, "examples_backpropped": bp,
+               "train_s": train_s, "eval_s": eval_s, "test_error": err, "phase_s": {}}
+        if with_cost:
+            row["cost"] = (fwd - bp) + 3 * bp
+        lines.append(json.dumps(row))
+    (folder / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    fwd, bp, train_s, _, err = rows[-1]
+    summary = {"status": "completed", "dataset": "toy", "model": "m", "strategy": strategy,
+               "lr_schedule": schedule, "seed": 0, "config_key": f"{strategy}-{schedule}",
+               "final_test_error": err, "best_test_error": min(r[-1] for r in rows), "train_s": train_s,
+               "examples_forwarded": fwd, "examples_backpropped": bp, "config": {"dataset": {"name": "toy"}}}
+    (folder / "summary.json").write_text(json.dumps(summary))
+
+
+@pytest.fixture()
+def toy_runs(tmp_path) -> Path:
+    """Traditional (cost 300/epoch, with `cost`), SB sched1 (select 100 + 40 trained per epoch: cost
+    220/epoch, computed from the counters; slow in seconds), SB sched2 (reaches 0.2 in one epoch)."""
+    root = tmp_path / "toy"
+    _toy_run(root / "trad", "traditional", "toy_sched1",
+             [(100, 100, 10.0, 1.0, 0.5), (200, 200, 20.0, 2.0, 0.2)], with_cost=True)
+    _toy_run(root / "sb1", "sb", "toy_sched1",
+             [(140, 40, 12.0, 1.0, 0.3), (280, 80, 24.0, 2.0, 0.21), (420, 120, 36.0, 3.0, 0.19)])
+    _toy_run(root / "sb2", "sb", "toy_sched2", [(140, 40, 5.0, 1.0, 0.2)])
+    return root
+
+
+def test_cost_is_computed_for_older_records(toy_runs):
+    rs = load_runs([toy_runs])
+    sb = rs.evals[rs.evals["run_dir"] == str(toy_runs / "sb1")]
+    assert list(sb["cost"]) == [220.0, 440.0, 660.0]          # (fwd - bp) + 3 bp
+    assert list(sb["train_eval_s"]) == [13.0, 26.0, 39.0]
+    runs = rs.runs.set_index("strategy")
+    assert runs.loc["traditional", "cost"] == 600.0 and runs.loc["traditional", "train_eval_s"] == 22.0
+
+
+@pytest.mark.parametrize("axis, expected", [
+    ("time", 20 / 24), ("time_eval", 22 / 26), ("cost", 600 / 440)])
+def test_table1_axes_sched1(toy_runs, axis, expected):
+    """Targets 0.22 / 0.24 / 0.28: Traditional reaches all at epoch 2, SB sched1 at epoch 2 too."""
+    df = table1.table1(load_runs([toy_runs]), axis=axis, schedules=["sched1"])
+    assert list(df["strategy"]) == ["sb"]
+    assert [df[table1.speedup_column(f)].iloc[0] for f in table1.TARGET_FACTORS] == pytest.approx([expected] * 3)
+
+
+def test_table1_all_schedules_takes_the_best_configuration(toy_runs):
+    rs = load_runs([toy_runs])
+    assert table1.table1(rs)["speedup_1.1"].iloc[0] == pytest.approx(20 / 5)
+    assert table1.table1(rs, axis="cost")["speedup_1.1"].iloc[0] == pytest.approx(600 / 220)
+    configs = table1.config_times(rs).set_index("config_key")
+    assert configs.loc["sb-toy_sched1", ["train_s_1.1", "train_eval_s_1.1", "cost_1.1"]].tolist() == [24, 26, 440]
+    with pytest.raises(ValueError, match="axis 'steps'"):
+        table1.table1(rs, axis="steps")
+
+
+def test_pareto_on_the_cost_axis(toy_runs):
+    """Time: Trad 10 (.5) on, SB 12 (.3) on, Trad 20 (.2) on, SB 24 (.21) off, SB 36 (.19) on.
+    Cost: SB 220 (.3) on, Trad 300 off, SB 440 (.21) on, Trad 600 (.2) on, SB 660 (.19) on."""
+    rs = load_runs([toy_runs])
+    for axis, shares in (("time", {"traditional": 2, "sb": 2}), ("cost", {"traditional": 1, "sb": 3})):
+        share = pareto.pareto_share(pareto.pareto_points(rs, axis=axis, schedules=["sched1"]))
+        assert dict(zip(share["strategy"], share["points"])) == shares, axis
+    assert "cost" in pareto.pareto_points(rs, axis="cost").columns
+
+
+def test_scripts_take_axis_and_schedules(toy_runs, tmp_path):
+    proc = run_script("make_table1.py", toy_runs, "--out", tmp_path / "t1", "--axis", "cost",
+                      "--schedules", "sched1")
+    assert proc.returncode == 0, proc.stderr
+    assert "Speedup in cost (forward-equivalent units)" in (tmp_path / "t1" / "table1.md").read_text()
+    rows = list(csv.DictReader((tmp_path / "t1" / "table1.csv").open()))
+    assert float(rows[0]["speedup_1.1"]) == pytest.approx(600 / 440, abs=1e-6)
+    configs = list(csv.DictReader((tmp_path / "t1" / "table1_configs.csv").open()))
+    assert {r["config_key"] for r in configs} == {"traditional-toy_sched1", "sb-toy_sched1"}
+    assert {r["config_key"]: float(r["train_eval_s_1.1"]) for r in configs} == {
+        "traditional-toy_sched1": 22.0, "sb-toy_sched1": 26.0}
+    proc = run_script("plot_pareto.py", toy_runs, "--out", tmp_path / "p", "--axis", "cost")
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "p" / "pareto_toy.png").stat().st_size > 1000

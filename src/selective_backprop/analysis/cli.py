@@ -37,6 +37,17 @@ def report_parser(doc: str, include_noisy: bool = True) -> argparse.ArgumentPars
     return ap
 
 
+def add_axis_arguments(ap: argparse.ArgumentParser) -> None:
+    """--axis time|time_eval|cost and --schedules NAME... (Table 1 and the Pareto frontier)."""
+    from selective_backprop.analysis.records import AXES
+
+    ap.add_argument("--axis", choices=list(AXES), default="time",
+                    help="what 'time' means: time = train_s (the paper's), time_eval = train_s + eval_s, "
+                         "cost = forward-equivalent units (engine/budget.py)")
+    ap.add_argument("--schedules", nargs="+", metavar="NAME",
+                    help="only runs whose lr_schedule is NAME or ends in _NAME (e.g. sched1)")
+
+
 def setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")

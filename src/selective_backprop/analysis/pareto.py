@@ -6,6 +6,10 @@ left out. The frontier is the lowest error reached by any configuration by each 
 points sorted by (``train_s``, ``test_error``, strategy order, ``config_key``); a point is on
 the frontier when its error is strictly lower than that of every point before it. (So of two
 identical points only the first in that order counts; a later point with equal error does not.)
+
+The x axis is ``axis`` (:data:`~selective_backprop.analysis.records.AXES`): ``time`` (``train_s``,
+the paper's, the default), ``time_eval`` (``train_s + eval_s``) or ``cost`` (forward-equivalent
+units); ``schedules`` (e.g. ``["sched1"]``) keeps only runs whose LR schedule ends in ``_<name>``.
 """
 
 from __future__ import annotations
@@ -17,8 +21,8 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.figure import Figure
 
-from .records import RunSet, seed_mean_curves, strategy_label, strategy_sort_key
-from .table1 import frame_to_csv
+from .records import AXIS_LABELS, RunSet, seed_mean_curves, strategy_label, strategy_sort_key
+from .table1 import axis_column, frame_to_csv
 
 logger = logging.getLogger(__name__)
 
@@ -38,17 +42,21 @@ def strategy_color(name: str) -> str:
     return _EXTRA_COLORS[sum(map(ord, str(name))) % len(_EXTRA_COLORS)]
 
 
-def pareto_points(runset: RunSet, include_noisy: bool = False) -> pd.DataFrame:
+def pareto_points(runset: RunSet, include_noisy: bool = False, axis: str = "time",
+                  schedules: list[str] | None = None) -> pd.DataFrame:
     """All seed-mean curve points with ``on_frontier`` (bool), per dataset. Columns: ``dataset,
-    strategy, lr_schedule, config_key, epoch, train_s, test_error, on_frontier``."""
-    rs = runset if include_noisy else runset.clean()
-    cols = ["dataset", "strategy", "lr_schedule", "config_key", "epoch", "train_s", "test_error"]
+    strategy, lr_schedule, config_key, epoch, train_s``, the axis column when it is another one
+    (``train_eval_s`` / ``cost``), ``test_error, on_frontier``."""
+    x = axis_column(axis)
+    rs = (runset if include_noisy else runset.clean()).with_schedules(schedules)
+    cols = ["dataset", "strategy", "lr_schedule", "config_key", "epoch", "train_s"]
+    cols += ([x] if x != "train_s" else []) + ["test_error"]
     curves = seed_mean_curves(rs)
-    if curves.empty:
+    if curves.empty or any(c not in curves.columns for c in cols):
         return pd.DataFrame(columns=cols + ["on_frontier"])
-    pts = curves[cols].dropna(subset=["train_s", "test_error"]).copy()
+    pts = curves[cols].dropna(subset=[x, "test_error"]).copy()
     pts["_s"] = pts["strategy"].map(lambda s: strategy_sort_key(str(s)))
-    pts = pts.sort_values(["dataset", "train_s", "test_error", "_s", "config_key"], kind="stable")
+    pts = pts.sort_values(["dataset", x, "test_error", "_s", "config_key"], kind="stable")
     on = []
     best: dict[str, float] = {}
     for ds, err in zip(pts["dataset"], pts["test_error"]):
@@ -79,9 +87,11 @@ def pareto_share_csv(share: pd.DataFrame) -> str:
     return frame_to_csv(share, ["share"])
 
 
-def plot_pareto(points: pd.DataFrame, dataset: str, log_time: bool = False) -> Figure:
-    """Scatter of one dataset's points coloured by strategy; frontier points opaque with the
-    frontier drawn as a step line, the others transparent."""
+def plot_pareto(points: pd.DataFrame, dataset: str, log_time: bool = False,
+                axis: str = "time") -> Figure:
+    """Scatter of one dataset's points (x: ``axis``) coloured by strategy; frontier points opaque
+    with the frontier drawn as a step line, the others transparent."""
+    x = axis_column(axis)
     g = points[points["dataset"] == dataset]
     fig = Figure(figsize=(6.4, 4.4), layout="constrained")
     ax = fig.add_subplot()
@@ -89,18 +99,18 @@ def plot_pareto(points: pd.DataFrame, dataset: str, log_time: bool = False) -> F
         sg = g[g["strategy"] == strat]
         color = strategy_color(strat)
         off, on = sg[~sg["on_frontier"]], sg[sg["on_frontier"]]
-        ax.scatter(off["train_s"], 100 * off["test_error"], color=color, alpha=0.2, s=18,
+        ax.scatter(off[x], 100 * off["test_error"], color=color, alpha=0.2, s=18,
                    linewidths=0)
-        ax.scatter(on["train_s"], 100 * on["test_error"], color=color, alpha=1.0, s=30,
+        ax.scatter(on[x], 100 * on["test_error"], color=color, alpha=1.0, s=30,
                    edgecolors="black", linewidths=0.5,
                    label=f"{strategy_label(strat)} ({len(on)})")
-    front = g[g["on_frontier"]].sort_values("train_s")
+    front = g[g["on_frontier"]].sort_values(x)
     if len(front):
-        ax.step(front["train_s"], 100 * front["test_error"], where="post", color="black",
+        ax.step(front[x], 100 * front["test_error"], where="post", color="black",
                 linewidth=0.8, alpha=0.6)
     if log_time:
         ax.set_xscale("log")
-    ax.set_xlabel("training time (s, evaluation excluded)")
+    ax.set_xlabel(AXIS_LABELS[axis])
     ax.set_ylabel("test error (%)")
     ax.set_title(f"{dataset}: Pareto frontier (legend: frontier points)")
     ax.legend(fontsize="small")
@@ -109,13 +119,13 @@ def plot_pareto(points: pd.DataFrame, dataset: str, log_time: bool = False) -> F
 
 
 def write_pareto(points: pd.DataFrame, out_dir: str | Path,
-                 log_time: bool = False) -> dict[str, Path]:
+                 log_time: bool = False, axis: str = "time") -> dict[str, Path]:
     """Write ``pareto_<dataset>.png`` / ``.pdf`` per dataset and ``pareto_share.csv``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths: dict[str, Path] = {}
     for ds in sorted(points["dataset"].unique()):
-        fig = plot_pareto(points, ds, log_time=log_time)
+        fig = plot_pareto(points, ds, log_time=log_time, axis=axis)
         for ext in ("png", "pdf"):
             p = out / f"pareto_{ds}.{ext}"
             fig.savefig(p, dpi=150)

@@ -44,13 +44,18 @@ STRATEGY_LABELS = {
     "kath18": "Kath18",
     "uniform": "Uniform",
 }
+#: the x axes of Table 1 and the Pareto frontier: CLI name -> evaluation column
+AXES = {"time": "train_s", "time_eval": "train_eval_s", "cost": "cost"}
+AXIS_LABELS = {"time": "training time (s, evaluation excluded)",
+               "time_eval": "training + evaluation time (s)",
+               "cost": "cost (forward-equivalent units, evaluation excluded)"}
 #: seed-mean curves are rounded to this many decimals to remove float noise from averaging
 CURVE_DECIMALS = 12
 
 RUN_COLUMNS = [
     "run_dir", "status", "dataset", "model", "strategy", "lr_schedule", "config_key", "seed",
     "label_noise", "final_test_error", "best_test_error", "train_s", "epochs", "steps",
-    "examples_forwarded", "examples_backpropped",
+    "examples_forwarded", "examples_backpropped", "cost", "train_eval_s",
 ]
 SKIPPED_COLUMNS = ["run_dir", "status", "reason", "n_evals"]
 
@@ -92,6 +97,15 @@ class RunSet:
         runs = self.runs[mask.to_numpy()].reset_index(drop=True)
         evals = self.evals[self.evals["run_dir"].isin(set(runs["run_dir"]))].reset_index(drop=True)
         return RunSet(runs=runs, evals=evals, skipped=self.skipped)
+
+    def with_schedules(self, suffixes: Iterable[str] | None) -> RunSet:
+        """Runs whose ``lr_schedule`` name is one of ``suffixes`` or ends in ``_<suffix>`` (e.g.
+        ``sched1`` keeps ``cifar10_sched1``); all runs when ``suffixes`` is empty or None."""
+        wanted = [s for s in (suffixes or []) if s]
+        if not wanted:
+            return self
+        names = self.runs["lr_schedule"].astype(str)
+        return self.subset(names.map(lambda n: any(n == w or n.endswith(f"_{w}") for w in wanted)))
 
     def clean(self) -> RunSet:
         """Runs without label noise (``config.dataset.label_noise`` 0 or absent)."""
@@ -228,6 +242,8 @@ def _run_row(run_dir: Path, summary: dict[str, Any], evals: list[dict[str, Any]]
         "steps": summary.get("steps"),
         "examples_forwarded": summary.get("examples_forwarded"),
         "examples_backpropped": summary.get("examples_backpropped"),
+        "cost": _cost(summary, config),
+        "train_eval_s": _as_float(summary.get("train_s")) + _as_float((evals[-1] if evals else {}).get("eval_s")),
     }
     if row["config_key"] is None:
         row["config_key"] = _fallback_config_key(summary, row)
@@ -241,7 +257,26 @@ def _run_row(run_dir: Path, summary: dict[str, Any], evals: list[dict[str, Any]]
     return row
 
 
-def _eval_rows(run: dict[str, Any], evals: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _cost(record: dict[str, Any], config: dict[str, Any]) -> float:
+    """A metrics row's or summary's ``cost``; for records made before it existed, computed from
+    the counters (select-forwarded = forwarded − backpropped) with the run's ``train.cost``
+    weights (defaults 1 / 3). NaN when neither is there."""
+    from selective_backprop.engine.budget import CostWeights, cost_from_record
+
+    if record.get("cost") is not None:
+        return _as_float(record["cost"])
+    weights = ((config.get("train") or {}).get("cost") or {}) if isinstance(config, dict) else {}
+    try:
+        value = cost_from_record(record, CostWeights(float(weights.get("select_forward", 1.0)),
+                                                     float(weights.get("train_example", 3.0))))
+    except (TypeError, ValueError):
+        return math.nan
+    return math.nan if value is None else float(value)
+
+
+def _eval_rows(run: dict[str, Any], evals: list[dict[str, Any]],
+               config: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """One row per evaluation, with ``cost`` (computed for older records) and ``train_eval_s``."""
     out = []
     for i, rec in enumerate(evals):
         row = {
@@ -259,6 +294,8 @@ def _eval_rows(run: dict[str, Any], evals: list[dict[str, Any]]) -> list[dict[st
                     row[f"phase_{pk}"] = _as_float(pv)
             elif k not in row:
                 row[k] = v
+        row["cost"] = _cost(rec, config or {})
+        row["train_eval_s"] = _as_float(rec.get("train_s")) + _as_float(rec.get("eval_s"))
         out.append(row)
     return out
 
@@ -305,7 +342,7 @@ def load_runs(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]) 
             continue
         row = _run_row(run_dir, summary, evals)
         run_rows.append(row)
-        eval_rows.extend(_eval_rows(row, evals))
+        eval_rows.extend(_eval_rows(row, evals, summary.get("config") or {}))
 
     if skipped:
         listing = "; ".join(f"{s['run_dir']} ({s['status']}: {s['reason']})" for s in skipped)
@@ -346,15 +383,16 @@ def require_runs(runset: RunSet, paths: Iterable[Any]) -> RunSet:
 def configurations(runset: RunSet) -> pd.DataFrame:
     """One row per configuration (``config_key``): identifying columns (first run's values),
     ``n_seeds``, ``seeds`` and seed means of ``final_test_error``, ``train_s``,
-    ``examples_forwarded``, ``examples_backpropped``, ``steps``."""
+    ``examples_forwarded``, ``examples_backpropped``, ``steps``, ``cost``, ``train_eval_s``."""
     runs = runset.runs
     if runs.empty:
         return pd.DataFrame(columns=["config_key", "dataset", "strategy", "n_seeds"])
     id_cols = [c for c in runs.columns if c not in (
         "run_dir", "status", "seed", "final_test_error", "best_test_error", "train_s", "epochs",
-        "steps", "examples_forwarded", "examples_backpropped") and not c.startswith("phase_")]
+        "steps", "examples_forwarded", "examples_backpropped", "cost", "train_eval_s")
+        and not c.startswith("phase_")]
     mean_cols = ["final_test_error", "best_test_error", "train_s", "epochs", "steps",
-                 "examples_forwarded", "examples_backpropped"]
+                 "examples_forwarded", "examples_backpropped", "cost", "train_eval_s"]
     rows = []
     for key, g in runs.groupby("config_key", sort=False):
         row = {c: g[c].iloc[0] for c in id_cols}
@@ -384,8 +422,8 @@ def seed_mean_curves(runset: RunSet) -> pd.DataFrame:
 
     Seeds are aligned on ``epoch`` (rounded to 6 decimals); only evaluations present in every
     seed of the configuration are kept. Columns: ``dataset, strategy, lr_schedule, label_noise,
-    config_key, n_seeds, epoch`` and the seed means of ``step, train_s, test_error,
-    examples_forwarded, examples_backpropped``, ``selected_fraction``,
+    config_key, n_seeds, epoch`` and the seed means of ``step, train_s, eval_s, train_eval_s,
+    cost, test_error, examples_forwarded, examples_backpropped``, ``selected_fraction``,
     ``selected_noisy_fraction`` (when present) and the ``phase_*`` columns — rounded to
     :data:`CURVE_DECIMALS` decimals.
     """
@@ -393,9 +431,9 @@ def seed_mean_curves(runset: RunSet) -> pd.DataFrame:
     if ev.empty:
         return pd.DataFrame(columns=["dataset", "strategy", "config_key", "epoch", "train_s",
                                      "test_error", "step"])
-    value_cols = [c for c in ("step", "train_s", "test_error", "test_loss", "examples_forwarded",
-                              "examples_backpropped", "selected_fraction",
-                              "selected_noisy_fraction") if c in ev.columns]
+    value_cols = [c for c in ("step", "train_s", "eval_s", "train_eval_s", "cost", "test_error",
+                              "test_loss", "examples_forwarded", "examples_backpropped",
+                              "selected_fraction", "selected_noisy_fraction") if c in ev.columns]
     value_cols += [c for c in ev.columns if c.startswith("phase_")]
     runs = runset.runs.set_index("run_dir")
     ev = ev.assign(_ep=ev["epoch"].astype(float).round(6))

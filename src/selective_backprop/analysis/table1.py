@@ -13,7 +13,14 @@ Definitions (issue text, PAPER.md):
   time likewise over the Traditional configurations;
 * speedup = Traditional's time ÷ the strategy's time; empty (NaN) when either never reached it.
 
+"Time" is an axis (``axis``, :data:`~selective_backprop.analysis.records.AXES`): ``time``
+(``train_s``, the paper's, the default), ``time_eval`` (``train_s + eval_s``) or ``cost``
+(forward-equivalent units, engine/budget.py; computed from the counters for older records).
+:func:`config_times` also gives every configuration's seed-mean ``train_s`` / ``train_eval_s`` /
+``cost`` at its first evaluation reaching each target, whatever the axis.
+
 Only runs without label noise enter the table (label-noise runs belong to Fig 12).
+``schedules`` (e.g. ``["sched1"]``) keeps only runs whose LR schedule name ends in ``_<name>``.
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .records import RunSet, strategy_label, strategy_sort_key
+from .records import AXES, RunSet, strategy_label, strategy_sort_key
 
 logger = logging.getLogger(__name__)
 
@@ -42,13 +49,30 @@ def speedup_column(factor: float) -> str:
     return f"speedup_{factor:g}"
 
 
-def time_to_target(evals: pd.DataFrame, target: float) -> float:
-    """``train_s`` of the first evaluation (in file order) with ``test_error <= target``; NaN
-    if none."""
+def time_to_target(evals: pd.DataFrame, target: float, column: str = "train_s") -> float:
+    """``column`` (default ``train_s``) of the first evaluation (in file order) with
+    ``test_error <= target``; NaN if none."""
     ev = evals.sort_values("eval_idx") if "eval_idx" in evals.columns else evals
     err = pd.to_numeric(ev["test_error"], errors="coerce")
     hit = ev[err <= target + TARGET_TOL]
-    return float(hit["train_s"].iloc[0]) if len(hit) else math.nan
+    return _as_float(hit[column].iloc[0]) if len(hit) and column in hit.columns else math.nan
+
+
+def _as_float(x) -> float:
+    value = pd.to_numeric(x, errors="coerce")
+    return math.nan if pd.isna(value) else float(value)
+
+
+def axis_column(axis: str) -> str:
+    """The evaluation column behind an axis name (``time`` / ``time_eval`` / ``cost``)."""
+    if axis not in AXES:
+        raise ValueError(f"axis {axis!r}: accepted {' | '.join(AXES)}")
+    return AXES[axis]
+
+
+def _seed_mean(values: list[float]) -> float:
+    """Mean over seeds; NaN unless every seed has a value (reached the target)."""
+    return math.nan if any(math.isnan(v) for v in values) else sum(values) / len(values)
 
 
 def first_reaching_eval(evals: pd.DataFrame, target: float) -> pd.Series | None:
@@ -86,12 +110,15 @@ def drop_nan_seeds(runset: RunSet) -> RunSet:
 
 
 def config_times(runset: RunSet, factors: Sequence[float] = TARGET_FACTORS,
-                 include_noisy: bool = False) -> pd.DataFrame:
+                 include_noisy: bool = False, axis: str = "time",
+                 schedules: Sequence[str] | None = None) -> pd.DataFrame:
     """One row per configuration of every dataset that has a Traditional baseline: ``dataset,
     strategy, config_key, lr_schedule, n_seeds, final_test_error`` (seed mean),
-    ``final_error_traditional``, and per factor ``target_<f>`` and ``time_<f>`` (seed-mean time
-    to the target, NaN unless every seed reached it)."""
-    rs = drop_nan_seeds(runset if include_noisy else runset.clean())
+    ``final_error_traditional``, and per factor ``target_<f>``, ``time_<f>`` (seed-mean time
+    to the target on ``axis``, NaN unless every seed reached it) and the seed means of
+    ``train_s_<f>``, ``train_eval_s_<f>``, ``cost_<f>`` at that evaluation (every axis)."""
+    column = axis_column(axis)
+    rs = drop_nan_seeds((runset if include_noisy else runset.clean()).with_schedules(schedules))
     trad_err = traditional_final_errors(rs)
     missing = sorted(set(rs.datasets) - set(trad_err))
     if missing:
@@ -116,14 +143,12 @@ def config_times(runset: RunSet, factors: Sequence[float] = TARGET_FACTORS,
         }
         for f in factors:
             target = e * f
-            times = []
-            for rd in g["run_dir"]:
-                ev = ev_by_run.get(rd)
-                times.append(math.nan if ev is None else time_to_target(ev, target))
             row[f"target_{f:g}"] = target
             # reached only if every seed reached it
-            row[f"time_{f:g}"] = (math.nan if any(math.isnan(t) for t in times)
-                                  else sum(times) / len(times))
+            for name, col in (("time", column), *((c, c) for c in ("train_s", "train_eval_s", "cost"))):
+                row[f"{name}_{f:g}"] = _seed_mean(
+                    [math.nan if ev_by_run.get(rd) is None else time_to_target(ev_by_run[rd], target, col)
+                     for rd in g["run_dir"]])
         rows.append(row)
     out = pd.DataFrame(rows)
     if out.empty:
@@ -153,12 +178,14 @@ def best_times(config_df: pd.DataFrame, factors: Sequence[float] = TARGET_FACTOR
 
 
 def table1(runset: RunSet, factors: Sequence[float] = TARGET_FACTORS,
-           include_noisy: bool = False) -> pd.DataFrame:
+           include_noisy: bool = False, axis: str = "time",
+           schedules: Sequence[str] | None = None) -> pd.DataFrame:
     """Table 1 with columns ``dataset, strategy, final_error_traditional, speedup_<f>...``:
     one row per dataset (sorted) and non-Traditional strategy (order sb, stale_sb, kath18,
-    uniform, then others). Values are unrounded floats; NaN = target never reached."""
+    uniform, then others). Values are unrounded floats; NaN = target never reached. Speedups
+    are ratios on ``axis`` (time / time_eval / cost); ``schedules`` filters LR schedules."""
     cols = ["dataset", "strategy", "final_error_traditional"] + [speedup_column(f) for f in factors]
-    cfg = config_times(runset, factors, include_noisy=include_noisy)
+    cfg = config_times(runset, factors, include_noisy=include_noisy, axis=axis, schedules=schedules)
     if cfg.empty:
         return pd.DataFrame(columns=cols)
     best = best_times(cfg, factors)
@@ -227,12 +254,18 @@ def _paper_layout(df: pd.DataFrame, digits: int) -> tuple[list[str], list[str], 
     return factors, header, rows
 
 
-def table1_markdown(df: pd.DataFrame, digits: int = 2) -> str:
+def _axis_note(axis: str) -> str:
+    """Nothing for the paper's axis (training time), else which measure the speedups compare."""
+    return "" if axis == "time" else {"time_eval": " in training + evaluation time",
+                                      "cost": " in cost (forward-equivalent units)"}[axis]
+
+
+def table1_markdown(df: pd.DataFrame, digits: int = 2, axis: str = "time") -> str:
     """Markdown in the paper's layout; "–" where the target was never reached."""
     factors, header, rows = _paper_layout(df, digits)
     lines = [
-        f"Speedup over Traditional to reach Traditional's final error × {' / '.join(factors)} "
-        f"(\"{EMPTY}\" = target not reached; blank = strategy not run).",
+        f"Speedup{_axis_note(axis)} over Traditional to reach Traditional's final error × "
+        f"{' / '.join(factors)} (\"{EMPTY}\" = target not reached; blank = strategy not run).",
         "",
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),
@@ -248,12 +281,13 @@ def _tex_escape(s: str) -> str:
     return s
 
 
-def table1_latex(df: pd.DataFrame, digits: int = 2) -> str:
+def table1_latex(df: pd.DataFrame, digits: int = 2, axis: str = "time") -> str:
     """A LaTeX ``tabular`` in the paper's layout; "–" (U+2013, needs a UTF-8 input encoding,
     the default of LaTeX since 2018) where the target was never reached."""
     factors, header, rows = _paper_layout(df, digits)
     out = [
-        f"% Speedup over Traditional to reach Traditional's final error x {' / '.join(factors)}",
+        f"% Speedup{_axis_note(axis)} over Traditional to reach Traditional's final error x "
+        f"{' / '.join(factors)}",
         r"\begin{tabular}{l" + "r" * (len(header) - 1) + "}",
         r"\toprule",
         " & ".join(_tex_escape(h) for h in header) + r" \\",
@@ -266,12 +300,20 @@ def table1_latex(df: pd.DataFrame, digits: int = 2) -> str:
     return "\n".join(out) + "\n"
 
 
-def write_table1(df: pd.DataFrame, out_dir: str | Path) -> dict[str, Path]:
-    """Write ``table1.csv``, ``table1.md`` and ``table1.tex`` into ``out_dir`` (created)."""
+def write_table1(df: pd.DataFrame, out_dir: str | Path, axis: str = "time",
+                 configs: pd.DataFrame | None = None) -> dict[str, Path]:
+    """Write ``table1.csv``, ``table1.md`` and ``table1.tex`` into ``out_dir`` (created), and
+    ``table1_configs.csv`` (:func:`config_times`: every configuration's time, time with
+    evaluation and cost to each target) when ``configs`` is given."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"csv": out / "table1.csv", "md": out / "table1.md", "tex": out / "table1.tex"}
     paths["csv"].write_text(table1_csv(df), encoding="utf-8")
-    paths["md"].write_text(table1_markdown(df), encoding="utf-8")
-    paths["tex"].write_text(table1_latex(df), encoding="utf-8")
+    paths["md"].write_text(table1_markdown(df, axis=axis), encoding="utf-8")
+    paths["tex"].write_text(table1_latex(df, axis=axis), encoding="utf-8")
+    if configs is not None:
+        paths["configs"] = out / "table1_configs.csv"
+        text = frame_to_csv(configs, [c for c in configs.columns if c.startswith(
+            ("final_", "target_", "time_", "train_s_", "train_eval_s_", "cost_"))])
+        paths["configs"].write_text(text, encoding="utf-8")
     return paths
