@@ -219,7 +219,10 @@ def small_bundle(fmnist_root):
 
 STRATEGIES = {"traditional": ["strategy=traditional"], "sb": ["strategy=sb"],
               "stale_sb": ["strategy=stale_sb", "strategy.staleness=2"],
-              "kath18": ["strategy=kath18", "strategy.selectivity=0.5"], "uniform": ["strategy=uniform"],
+              "kath18": ["strategy=kath18", "strategy.selectivity=0.5"],
+              # uniform at s=0.5 on 256 examples makes 4 steps in 3 epochs: too short to learn, so the
+              # divergence rule (error at chance after the first LR milestone) would stop it; turn it off
+              "uniform": ["strategy=uniform", "train.diverge_factor=null"],
               "sb_device_loader": ["strategy=sb", "dataset.loader=device"]}
 
 
@@ -347,7 +350,10 @@ def test_read_metrics_tolerates_partial_last_line(tmp_path):
 
 
 def test_checkpoint_holds_only_tensors_and_plain_types(tmp_path, fmnist_root, small_bundle):
-    cfg = tiny_config(fmnist_root, INPROC_BASE + STRATEGIES["sb"] + ["train.max_epochs=1"])
+    # no priming epoch, so the one epoch draws and the selector's generator exists (after a priming-only
+    # epoch its state is None: "not created yet", resumed from the seed -- see
+    # test_unused_generator_state_resumes_from_its_seed)
+    cfg = tiny_config(fmnist_root, INPROC_BASE + STRATEGIES["sb"] + ["train.max_epochs=1", "strategy.prime_epochs=0"])
     run(cfg, str(tmp_path / "run"), small_bundle)
     path = checkpoint_path(tmp_path / "run")
     state = torch.load(path, map_location="cpu", weights_only=True)
@@ -367,6 +373,18 @@ def test_checkpoint_holds_only_tensors_and_plain_types(tmp_path, fmnist_root, sm
     generator = state["strategy"]["selector"]["generator"]["state"]
     assert generator.dtype == torch.uint8 and state["rng"]["torch"].dtype == torch.uint8
     assert state["next_epoch"] == 1 and state["finished"] == "completed"
+
+
+def test_unused_generator_state_resumes_from_its_seed():
+    """A generator never drawn from (SB's priming epoch) checkpoints as state None with its seed; loading
+    that gives the same draws as a fresh generator with that seed."""
+    from selective_backprop.selection.selector import SeededGenerator
+    unused = SeededGenerator(7).state_dict()
+    assert unused == {"seed": 7, "state": None}
+    resumed = SeededGenerator(0)
+    resumed.load_state_dict(unused)
+    fresh = SeededGenerator(7)
+    assert torch.equal(torch.rand(5, generator=resumed.get("cpu")), torch.rand(5, generator=fresh.get("cpu")))
 
 
 class _Exploit:
