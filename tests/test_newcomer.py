@@ -309,31 +309,39 @@ def test_huge_learning_rate_ends_diverged(tmp_path, fmnist_root, fmnist_bundle):
 class _Probe:
     """Just enough of a Trainer for _check_explosion."""
 
-    def __init__(self, factor, milestones, progress):
+    def __init__(self, factor, milestones, progress, backpropped):
         from omegaconf import OmegaConf
+        from selective_backprop.engine.distributed import SINGLE
         self.cfg = OmegaConf.create({"train": {"diverge_factor": factor}})
         self.data = type("D", (), {"num_classes": 10})()
         self.milestones, self._progress = milestones, progress
-        self.counters = type("C", (), {"steps": 7})()
+        self.counters = type("C", (), {"steps": 7, "backpropped": backpropped})()
+        self.n_train, self.dist = 100, SINGLE
 
     def progress(self):
         return self._progress
 
+    def _past_first_stage(self):
+        from selective_backprop.engine.trainer import Trainer
+        return Trainer._past_first_stage(self)
 
-@pytest.mark.parametrize("factor,milestones,progress,error,loss,diverged", [
-    (100, [3], 1.0, 0.5, 231.0, True),          # > 100 x ln 10 = 230.26
-    (100, [3], 1.0, 0.5, 229.0, False),
-    (10, [3], 1.0, 0.5, 24.0, True),            # > 10 x ln 10 = 23.03
-    (100, [3], 3.0, 0.90, 2.3, True),           # at chance after the first LR stage
-    (100, [3], 2.0, 0.90, 2.3, False),          # ... but not before it
-    (100, [3], 3.0, 0.80, 2.3, False),
-    (100, [], 9.0, 0.90, 2.3, False),           # no LR stages: the loss rule only
-    (None, [3], 3.0, 0.90, 1e19, False),        # null: off
+
+@pytest.mark.parametrize("factor,milestones,progress,backpropped,error,loss,diverged", [
+    (100, [3], 1.0, 100, 0.5, 231.0, True),     # > 100 x ln 10 = 230.26
+    (100, [3], 1.0, 100, 0.5, 229.0, False),
+    (10, [3], 1.0, 100, 0.5, 24.0, True),       # > 10 x ln 10 = 23.03
+    (100, [3], 3.0, 300, 0.90, 2.3, True),      # at chance after the first LR stage (3 epochs x 100)
+    (100, [3], 2.0, 200, 0.90, 2.3, False),     # ... but not before it
+    (100, [3], 3.0, 120, 0.90, 2.3, False),     # ... nor with fewer backprops than that stage (SB, uniform)
+    (100, [3], 9.0, 300, 0.90, 2.3, True),      # ... until it has done as many
+    (100, [3], 3.0, 300, 0.80, 2.3, False),
+    (100, [], 9.0, 900, 0.90, 2.3, False),      # no LR stages: the loss rule only
+    (None, [3], 3.0, 300, 0.90, 1e19, False),   # null: off
 ])
-def test_explosion_rule(factor, milestones, progress, error, loss, diverged):
+def test_explosion_rule(factor, milestones, progress, backpropped, error, loss, diverged):
     from selective_backprop.engine.trainer import DivergedError, Trainer
 
-    probe = _Probe(factor, milestones, progress)
+    probe = _Probe(factor, milestones, progress, backpropped)
     if diverged:
         with pytest.raises(DivergedError, match="diverge_factor"):
             Trainer._check_explosion(probe, error, loss)

@@ -383,9 +383,18 @@ class Trainer:
             raise DivergedError(f"training loss became non-finite by step {self.counters.steps} "
                                 f"(epoch {self.progress():.2f}); lower optimizer.lr or check the data")
 
+    def _past_first_stage(self) -> bool:
+        """The first LR stage is over *and* the run has backpropped as many examples as Traditional does in
+        it: a selective run reaches the first milestone with a fraction of the updates, and must not be
+        called diverged for learning slowly (data parallel, every rank backprops the same count)."""
+        if not self.milestones or self.progress() < self.milestones[0]:
+            return False
+        return self.counters.backpropped * self.dist.world_size >= self.milestones[0] * self.n_train
+
     def _check_explosion(self, error: float, test_loss: float) -> None:
         """Divergence short of NaN: a test loss above train.diverge_factor x ln(num_classes) (the loss of
-        an untrained model), or test error at chance (within 2 %) once the first LR stage is over.
+        an untrained model), or test error at chance (within 2 %) once the first LR stage is over and
+        as many examples were backpropped as in Traditional's first stage (_past_first_stage).
         train.diverge_factor=null turns both off. Every rank sees the same evaluation: all raise, or none."""
         factor = self.cfg.train.get("diverge_factor", 100)
         if factor is None:
@@ -395,9 +404,9 @@ class Trainer:
         chance = 1.0 - 1.0 / classes
         if test_loss > limit:
             why = f"test loss {test_loss:.4g} > train.diverge_factor x ln({classes}) = {limit:.4g}"
-        elif self.milestones and self.progress() >= self.milestones[0] and error >= 0.98 * chance:
-            why = (f"test error {error:.4f} is at chance ({chance:.2f}) after the first LR stage "
-                   f"(epoch {self.milestones[0]})")
+        elif self._past_first_stage() and error >= 0.98 * chance:
+            why = (f"test error {error:.4f} is at chance ({chance:.2f}) after a first LR stage's worth of "
+                   f"training (epoch {self.milestones[0]}, and as many examples backpropped)")
         else:
             return
         raise DivergedError(f"{why} by step {self.counters.steps} (epoch {self.progress():.2f}); lower "
