@@ -302,6 +302,24 @@ def test_subset_error_names_range(cifar10_root: Path) -> None:
         build_data(cfg("cifar10", cifar10_root, subset=101), seed=0)
 
 
+def test_test_subset_is_one_fixed_subset_for_every_seed(cifar10_root: Path) -> None:
+    from selective_backprop.data.datasets import TEST_SUBSET_SEED
+
+    full = build_data(cfg("cifar10", cifar10_root), seed=0)
+    a = build_data(cfg("cifar10", cifar10_root, test_subset=7), seed=3)
+    b = build_data(cfg("cifar10", cifar10_root, test_subset=7), seed=4)
+    keep = torch.randperm(20, generator=torch.Generator().manual_seed(TEST_SUBSET_SEED))[:7].sort().values
+    assert len(a.test) == 7 and len(a.train) == len(full.train) == 100
+    assert torch.equal(a.test_arrays()[0], full.test_arrays()[0][keep])
+    assert torch.equal(a.test_arrays()[1], b.test_arrays()[1]) and torch.equal(a.test_arrays()[0], b.test_arrays()[0])
+
+
+@pytest.mark.parametrize("bad", [0, 21, 2.5, True])
+def test_test_subset_out_of_range(cifar10_root: Path, bad: Any) -> None:
+    with pytest.raises(ConfigError, match="dataset.test_subset"):
+        build_data(cfg("cifar10", cifar10_root, test_subset=bad), seed=0)
+
+
 @pytest.mark.parametrize("fraction", [0.01, 0.25, 0.5])
 def test_label_noise_uniform_flip(cifar10_root: Path, fraction: float) -> None:
     b = build_data(cfg("cifar10", cifar10_root, label_noise=fraction), seed=1)

@@ -112,6 +112,7 @@ DATASET_INFO: dict[str, DatasetInfo] = {
 }
 
 _DEBIAN_HINT = ", or install the Debian package dataset-fashion-mnist"
+TEST_SUBSET_SEED = 20240101  # dataset.test_subset: the same test examples for every run
 _NOISE_SEED_XOR = 0x9E3779B97F4A7C15  # label noise draws from its own stream, not the subset's
 
 
@@ -170,6 +171,7 @@ class _Options:
     root: Path
     download: bool
     subset: int | None
+    test_subset: int | None
     label_noise: float
     extra: bool
     mean: tuple[float, ...]
@@ -238,6 +240,12 @@ def _noise_opt(value: Any) -> float:
     return float(value)
 
 
+def _test_subset_opt(value: Any) -> int | None:
+    if value is None:
+        return None
+    return _int_opt(value, "dataset.test_subset", 1, "a positive integer (at most the test-set size) or null")
+
+
 def _subset_opt(value: Any) -> int | None:
     if value is None:
         return None
@@ -260,6 +268,7 @@ def _parse(cfg: Any) -> _Options:
         root=Path(str(d["root"])).expanduser().absolute(),
         download=_bool_opt(d.get("download", False), "dataset.download"),
         subset=_subset_opt(d.get("subset")),
+        test_subset=_test_subset_opt(d.get("test_subset")),
         label_noise=_noise_opt(d.get("label_noise", 0.0) or 0.0),
         extra=_bool_opt(d.get("extra", True), "dataset.extra"),
         mean=_stats_opt(d.get("mean"), "dataset.mean", info.mean, positive=False),
@@ -469,11 +478,11 @@ def fetch(name: str, root: str | Path, extra: bool = True) -> None:
 # ------------------------------------------------------------------------------- subset and noise
 
 
-def select_subset(n_total: int, n: int, seed: int) -> torch.Tensor:
+def select_subset(n_total: int, n: int, seed: int, field: str = "dataset.subset") -> torch.Tensor:
     """Sorted int64 indices of a seeded subset of ``n`` out of ``n_total`` examples."""
     if not 1 <= n <= n_total:
         raise ConfigError(
-            f"dataset.subset: {n} is out of range; accepted: an integer in [1, {n_total}] or null"
+            f"{field}: {n} is out of range; accepted: an integer in [1, {n_total}] or null"
         )
     g = torch.Generator().manual_seed(seed)
     return torch.randperm(n_total, generator=g)[:n].sort().values
@@ -513,6 +522,9 @@ def build_data(cfg: Any, seed: int) -> DataBundle:
     if opt.subset is not None:
         subset_idx = select_subset(train_x.shape[0], opt.subset, seed)
         train_x, train_y = train_x[subset_idx], train_y[subset_idx]
+    if opt.test_subset is not None:     # one fixed subset whatever the run's seed: seeds compare alike
+        keep = select_subset(test_x.shape[0], opt.test_subset, TEST_SUBSET_SEED, "dataset.test_subset")
+        test_x, test_y = test_x[keep], test_y[keep]
     targets, noisy = apply_label_noise(train_y, info.num_classes, opt.label_noise, seed)
     augment = {"crop_padding": opt.crop_padding, "hflip": opt.hflip, "cutout": opt.cutout}
     train_tf, test_tf = build_transforms(opt.mean, opt.std, **augment)
