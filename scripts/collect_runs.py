@@ -18,13 +18,14 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 from selective_backprop.cli_errors import check_output_dir, exits_on_bad_input  # noqa: E402
+from selective_backprop.record import METRICS_FILE, SUMMARY_FILE  # noqa: E402
 
-RECORD_FILES = ("summary.json", "metrics.jsonl", ".hydra/config.yaml", ".hydra/overrides.yaml")
+RECORD_FILES = (SUMMARY_FILE, METRICS_FILE, ".hydra/config.yaml", ".hydra/overrides.yaml")
 
 
 def collect(source: Path, dest: Path) -> int:
     """Copy every run's record files; returns the number of runs copied."""
-    runs = sorted({p.parent for p in source.rglob("metrics.jsonl")})
+    runs = sorted({p.parent for p in source.rglob(METRICS_FILE)})
     for run in runs:
         target = dest / run.relative_to(source)
         for name in RECORD_FILES:

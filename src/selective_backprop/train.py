@@ -21,7 +21,6 @@ they all use rank 0's output directory, and only rank 0 writes there (Hydra's ow
 
 from __future__ import annotations
 
-import json
 import logging
 import signal
 import sys
@@ -34,6 +33,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from selective_backprop.errors import ConfigError
+from selective_backprop.record import CHECKPOINT_FILE, SUMMARY_FILE, Status, build_summary, write_summary
 
 log = logging.getLogger("selective_backprop")
 
@@ -45,23 +45,19 @@ EXIT_PREEMPTED = 75   # EX_TEMPFAIL: "temporary failure, the user is invited to 
 
 def _write_failed_summary(cfg: DictConfig, output_dir: str, err: BaseException) -> None:
     """summary.json with status "failed" for an error before training started (the trainer writes its own)."""
-    from selective_backprop.engine.records import atomic_write_text, config_key
-
     config = OmegaConf.to_container(cfg, resolve=True)
-    summary = {"status": "failed", "error": f"{type(err).__name__}: {err}", "final_test_error": None,
-               "dataset": cfg.dataset.name, "model": cfg.model.name, "strategy": cfg.strategy.name,
-               "seed": int(cfg.seed), "config": config, "config_key": config_key(config)}
+    summary = build_summary(config, Status.FAILED, error=f"{type(err).__name__}: {err}", final_test_error=None,
+                            dataset=cfg.dataset.name, model=cfg.model.name, strategy=cfg.strategy.name,
+                            seed=int(cfg.seed))
     Path(output_dir).mkdir(parents=True, exist_ok=True)
-    atomic_write_text(Path(output_dir) / "summary.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    write_summary(output_dir, summary)
 
 
 def _write_failed_job_summary(cfg: DictConfig, output_dir: str, err: BaseException) -> None:
     """A sweep job refused before any work still leaves summary.json (status "failed", the error), so the
     analysis lists it; never where the directory already holds a run record (nothing is overwritten)."""
-    from selective_backprop.engine.checkpoint import checkpoint_path
-
     run_dir = Path(output_dir)
-    if (run_dir / "summary.json").exists() or checkpoint_path(run_dir).exists():
+    if (run_dir / SUMMARY_FILE).exists() or (run_dir / CHECKPOINT_FILE).exists():
         return
     try:
         _write_failed_summary(cfg, output_dir, err)
@@ -149,7 +145,7 @@ def run(cfg: DictConfig, output_dir: str, data_bundle=None) -> float:
         log.info("resuming from %s: %d epochs done, %d evaluations recorded", state.checkpoint, resumed,
                  len(trainer.history))
     summary = trainer.fit()
-    if summary["status"] == "preempted":
+    if summary["status"] == Status.PREEMPTED:
         where = (f"checkpoint.pt holds epoch {trainer.saved_epoch}" if trainer.saved_epoch is not None
                  else "no epoch was completed, so it restarts from scratch")
         raise Preempted(f"preempted by {_signal_name()}: stopped at step {summary['steps']}; "

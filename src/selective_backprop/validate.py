@@ -21,8 +21,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from selective_backprop.errors import ConfigError
-
-FINISHED = ("completed", "budget")          # summary.json statuses of a run that has ended normally
+from selective_backprop.record import CHECKPOINT_FILE, FINISHED, SUMMARY_FILE, config_key
 PRECISIONS = ("fp32", "bf16", "fp16")
 _MISSING = object()
 
@@ -259,23 +258,21 @@ class RunDirState:
 
 
 def _identity(cfg: DictConfig) -> tuple[str, int]:
-    from selective_backprop.engine.records import config_key
-
     return config_key(OmegaConf.to_container(cfg, resolve=True)), int(_get(cfg, "seed", 0))
 
 
 def check_run_dir(cfg: DictConfig, output_dir: str | Path) -> RunDirState:
     """Inspect `output_dir` before anything is written to it.
 
-    A run record belongs to this run when its config_key (engine/records.py: the config without
+    A run record belongs to this run when its config_key (selective_backprop.record: the config without
     machine-only keys) and its seed match. A directory holding another run's record is refused, so
     nothing is written over earlier results.
     """
-    from selective_backprop.engine.checkpoint import checkpoint_path, load_checkpoint
+    from selective_backprop.engine.checkpoint import load_checkpoint
 
     run_dir = Path(output_dir)
     key, seed = _identity(cfg)
-    summary_path, ckpt = run_dir / "summary.json", checkpoint_path(run_dir)
+    summary_path, ckpt = run_dir / SUMMARY_FILE, run_dir / CHECKPOINT_FILE
     summary = None
     found: tuple[Any, Any, Any] | None = None
     if summary_path.is_file():

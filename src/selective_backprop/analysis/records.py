@@ -28,13 +28,11 @@ from typing import Any
 import pandas as pd
 
 from selective_backprop.errors import ConfigError
+from selective_backprop.record import FINISHED, METRICS_FILE, PHASES, SUMMARY_FILE, read_metrics  # noqa: F401
 
 logger = logging.getLogger(__name__)
 
-SUMMARY_FILE = "summary.json"
-METRICS_FILE = "metrics.jsonl"
-USABLE_STATUSES = ("completed", "budget")
-PHASES = ("data", "select_forward", "select", "train_forward", "backward", "optimizer")
+USABLE_STATUSES = FINISHED
 #: canonical display order of strategies (others follow alphabetically)
 STRATEGY_ORDER = ("traditional", "sb", "stale_sb", "kath18", "uniform")
 STRATEGY_LABELS = {
@@ -143,29 +141,6 @@ def find_run_dirs(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
             if SUMMARY_FILE in filenames or METRICS_FILE in filenames:
                 found.add(Path(dirpath))
     return sorted(found, key=_natural_key)
-
-
-def read_metrics(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """Parse a ``metrics.jsonl``. A partial (non-JSON) LAST line — a run killed mid-write — is
-    dropped (logged at INFO). A non-JSON line before the last raises ``ValueError``."""
-    path = Path(path)
-    with path.open("r", encoding="utf-8") as f:
-        lines = f.read().splitlines()
-    # blank lines (e.g. a trailing newline) carry nothing
-    numbered = [(i, ln) for i, ln in enumerate(lines, 1) if ln.strip()]
-    records: list[dict[str, Any]] = []
-    for k, (lineno, line) in enumerate(numbered):
-        try:
-            rec = json.loads(line)
-            if not isinstance(rec, dict):
-                raise ValueError("not a JSON object")
-        except ValueError as exc:
-            if k == len(numbered) - 1:
-                logger.info("%s: ignoring partial last line %d (%s)", path, lineno, exc)
-                break
-            raise ValueError(f"{path}: line {lineno} is not a JSON object: {exc}") from exc
-        records.append(rec)
-    return records
 
 
 def _read_summary(path: Path) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from selective_backprop.errors import ConfigError
+from selective_backprop.record import FINISHED, SUMMARY_FILE
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,6 @@ DEFAULT_SELECT_FORWARD = 1.0
 DEFAULT_TRAIN_EXAMPLE = 3.0
 AXES = ("cost", "time")
 TRADITIONAL = "traditional"
-_FINISHED = ("completed", "budget")
 _DATASET_MACHINE_KEYS = ("root", "download")     # dataset keys that do not change what a run computes
 
 
@@ -108,14 +108,14 @@ def find_reference_run(folder: Path, cfg: Any) -> tuple[Path, dict]:
     """
     want = _run_identity(_plain(cfg), int(_get(cfg, "seed", 0)))
     matches = []
-    for path in sorted(folder.rglob("summary.json")):
+    for path in sorted(folder.rglob(SUMMARY_FILE)):
         try:
             summary = json.loads(path.read_text())
         except (OSError, ValueError):
             continue
         if not isinstance(summary, dict) or summary.get("strategy") != TRADITIONAL:
             continue
-        if summary.get("status") not in _FINISHED or not isinstance(summary.get("config"), dict):
+        if summary.get("status") not in FINISHED or not isinstance(summary.get("config"), dict):
             continue
         if _run_identity(summary["config"], summary.get("seed")) == want:
             matches.append((path.parent, summary))

@@ -16,8 +16,9 @@ from typing import Any, Callable
 import torch
 
 from selective_backprop.errors import ConfigError
+from selective_backprop.record import CHECKPOINT_FILE
 
-CHECKPOINT_NAME = "checkpoint.pt"
+CHECKPOINT_NAME = CHECKPOINT_FILE
 FORMAT_VERSION = 1
 _TMP_PREFIX = f".{CHECKPOINT_NAME}.tmp"
 

@@ -1,53 +1,13 @@
-"""The run record: metrics.jsonl (one line per evaluation), summary.json (atomic), tb/ event files."""
+"""Writes the run record (metrics.jsonl, summary.json, tb/); names and formats: selective_backprop.record."""
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
-# Config keys that do not change what a run computes: excluded from the configuration key.
-MACHINE_KEYS = ("seed", "device", "train.progress", "train.tensorboard", "train.num_workers",
-                "train.checkpoint_every", "dataset.root", "dataset.download")
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write `text` to `path` via a temp file + rename, so readers never see half a file."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def config_key(config: dict) -> str:
-    """Stable hash of the config without seed and machine-only keys: runs sharing it form a configuration."""
-    cleaned = json.loads(json.dumps(config))
-    for dotted in MACHINE_KEYS:
-        node = cleaned
-        *parents, leaf = dotted.split(".")
-        for part in parents:
-            node = node.get(part, {}) if isinstance(node, dict) else {}
-        if isinstance(node, dict):
-            node.pop(leaf, None)
-    blob = json.dumps(cleaned, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def read_metrics(path: Path) -> list[dict]:
-    """Rows of a metrics.jsonl; a partial last line (from a killed run) is ignored."""
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            break
-    return rows
+from selective_backprop.record import (METRICS_FILE, SUMMARY_FILE, TB_DIR, atomic_write_text, config_key,  # noqa: F401
+                                       read_metrics, write_summary)
 
 
 class RunRecorder:
@@ -56,12 +16,12 @@ class RunRecorder:
     def __init__(self, output_dir: str | Path, tensorboard: bool = True):
         self.dir = Path(output_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.metrics_path = self.dir / "metrics.jsonl"
-        self.summary_path = self.dir / "summary.json"
+        self.metrics_path = self.dir / METRICS_FILE
+        self.summary_path = self.dir / SUMMARY_FILE
         self._tb = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
-            self._tb = SummaryWriter(log_dir=str(self.dir / "tb"))
+            self._tb = SummaryWriter(log_dir=str(self.dir / TB_DIR))
 
     def start(self, rows: list[dict]) -> None:
         """Begin metrics.jsonl with `rows` (the evaluations a resumed run already made)."""
@@ -81,7 +41,7 @@ class RunRecorder:
             self._tb.flush()
 
     def write_summary(self, summary: dict[str, Any]) -> None:
-        atomic_write_text(self.summary_path, json.dumps(summary, indent=2, sort_keys=True) + "\n")
+        write_summary(self.dir, summary)
 
     def close(self) -> None:
         if self._tb is not None:

@@ -7,7 +7,7 @@ import time
 
 import torch
 
-PHASES = ("data", "select_forward", "select", "train_forward", "backward", "optimizer")
+from selective_backprop.record import PHASES
 
 
 class PhaseTimer:

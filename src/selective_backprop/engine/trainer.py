@@ -21,12 +21,13 @@ from selective_backprop.engine import checkpoint as ckpt
 from selective_backprop.engine import distributed
 from selective_backprop.engine.budget import resolve_budget
 from selective_backprop.engine.distributed import ShardedSource
-from selective_backprop.engine.records import RunRecorder, config_key
+from selective_backprop.engine.records import RunRecorder
 from selective_backprop.engine.device_source import build_source
 from selective_backprop.engine.source import derive_seed
 from selective_backprop.engine.strategies import Context, Counters, TrainBatch, build_strategy
 from selective_backprop.engine.timing import PhaseTimer
 from selective_backprop.errors import ConfigError
+from selective_backprop.record import FINISHED, Status, build_summary, config_key
 from selective_backprop.validate import validate_config
 
 log = logging.getLogger(__name__)
@@ -224,11 +225,11 @@ class Trainer:
                          else _NullRecorder())
         self.history: list[dict] = []
         self.next_epoch = 0
-        self.status = "running"
+        self.status = Status.RUNNING
         self._interval = self._fresh_interval()
         self._nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)
         self._wall_offset = 0.0                 # wall seconds of the runs this one resumes
-        self._finished: str | None = None        # status of a final checkpoint resumed from (run had ended)
+        self._finished: Status | None = None        # status of a final checkpoint resumed from (run had ended)
         self._boundary: dict | None = None       # last epoch boundary not yet on disk (CPU copy)
         self._epoch_steps = 0
         self.saved_epoch: int | None = None      # epochs completed in the checkpoint.pt on disk
@@ -468,24 +469,21 @@ class Trainer:
             train_s, phase_s, _ = self._times()
         else:
             counts, train_s, phase_s = self.counters.snapshot(), self.timer.train_s, self.timer.phase_s()
-        config = OmegaConf.to_container(self.cfg, resolve=True)
-        return {
-            "dataset": self.cfg.dataset.name, "model": self.cfg.model.name,
-            "strategy": self.strategy.name, "lr_schedule": self.cfg.lr_schedule.name,
-            "seed": int(self.cfg.seed), "strategy_params": self.strategy_params(),
-            "final_test_error": last.get("test_error"),
-            "best_test_error": min((r["test_error"] for r in self.history), default=None),
-            "train_s": train_s, "epochs": round(self.progress(), 6),
-            "steps": counts["steps"], "examples_backpropped": counts["backpropped"],
-            "examples_forwarded": counts["select_forwarded"] + counts["train_forwarded"],
-            "cost": self.budget.weights.cost(counts["select_forwarded"], counts["backpropped"]),
-            "budget": self.budget.record(),
-            "phase_s": phase_s, "status": self.status,
-            "torch_version": torch.__version__,
-            "device_name": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu",
-            "n_train": self.n_train, "world_size": self.dist.world_size,
-            "config": config, "config_key": config_key(config),
-        }
+        return build_summary(
+            OmegaConf.to_container(self.cfg, resolve=True), self.status,
+            dataset=self.cfg.dataset.name, model=self.cfg.model.name,
+            strategy=self.strategy.name, lr_schedule=self.cfg.lr_schedule.name,
+            seed=int(self.cfg.seed), strategy_params=self.strategy_params(),
+            final_test_error=last.get("test_error"),
+            best_test_error=min((r["test_error"] for r in self.history), default=None),
+            train_s=train_s, epochs=round(self.progress(), 6),
+            steps=counts["steps"], examples_backpropped=counts["backpropped"],
+            examples_forwarded=counts["select_forwarded"] + counts["train_forwarded"],
+            cost=self.budget.weights.cost(counts["select_forwarded"], counts["backpropped"]),
+            budget=self.budget.record(), phase_s=phase_s,
+            torch_version=torch.__version__,
+            device_name=torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu",
+            n_train=self.n_train, world_size=self.dist.world_size)
 
     # -- the loop ------------------------------------------------------------------------------
     def fit(self) -> dict:
@@ -512,7 +510,7 @@ class Trainer:
                 self.recorder.write_summary(self.summary())
                 stop = self._loop(max_epochs, max_time, eval_every)
                 self.status = stop
-                if stop == "preempted":
+                if stop == Status.PREEMPTED:
                     if self._boundary is not None:   # the last completed epoch, not yet on disk
                         self._save_checkpoint(self._boundary)
                         self._boundary = None
@@ -521,23 +519,23 @@ class Trainer:
                         self._record_eval()
                     self._save_checkpoint(self._checkpoint_state(finished=stop))   # the final weights
         except DivergedError as err:          # data parallel: every rank agreed (_check_finite, evaluate)
-            self._record_failure("diverged", str(err))
+            self._record_failure(Status.DIVERGED, str(err))
             self.dist.barrier()
             raise
         except Exception as err:
-            self._record_failure("failed", f"{type(err).__name__}: {err}", collective=False)
+            self._record_failure(Status.FAILED, f"{type(err).__name__}: {err}", collective=False)
             raise
         summary = self.summary()
         self.recorder.write_summary(summary)
         self.recorder.close()
-        if self.status in ("completed", "budget"):
+        if self.status in FINISHED:
             _test_dump_rank_state(self)
         # data parallel: no rank leaves before rank 0 has written the record (a rank exiting with 75
         # would make torchrun stop the others)
         self.dist.barrier()
         return summary
 
-    def _record_failure(self, status: str, message: str, collective: bool = True) -> None:
+    def _record_failure(self, status: Status, message: str, collective: bool = True) -> None:
         self.status = status
         try:
             self.recorder.write_summary({**self.summary(collective=collective or not self.dist.enabled),
@@ -550,14 +548,14 @@ class Trainer:
         next_eval = (math.floor(self.progress() / eval_every) + 1) * eval_every
         while True:
             if max_epochs is not None and self.progress() >= max_epochs - 1e-9:
-                return "completed"
+                return Status.COMPLETED
             if self._over_cost():              # spent by selection forwards at the end of the last epoch
-                return "budget"
+                return Status.BUDGET
             preempted = PREEMPTION.requested
             if self.dist.enabled:              # all ranks stop, or none
                 preempted = self.dist.any_flags([preempted])[0]
             if preempted:                      # at an epoch boundary (checkpointed by _after_epoch)
-                return "preempted"
+                return Status.PREEMPTED
             torch.manual_seed(self._epoch_seed(epoch))   # augmentation + dropout
             lr_epoch = epoch if self.unit == "considered" else math.floor(self.progress())
             self._set_lr(lr_epoch)
@@ -599,23 +597,23 @@ class Trainer:
                         [PREEMPTION.requested,
                          self.dist.is_main and max_time is not None and self.timer.elapsed_train_s() >= max_time])
                     if preempted:
-                        return "preempted"
+                        return Status.PREEMPTED
                     if over_budget:
-                        return "budget"
+                        return Status.BUDGET
                 if PREEMPTION.requested and not self.dist.enabled:   # a step boundary: the partial epoch
-                    return "preempted"                                 # is redone on resume
+                    return Status.PREEMPTED                                 # is redone on resume
                 bar.update(self.counters.considered - seen)
                 seen = self.counters.considered
                 if max_time is not None and self.timer.elapsed_train_s() >= max_time and not self.dist.enabled:
-                    return "budget"
+                    return Status.BUDGET
                 if self._over_cost():          # within one step of max_cost (data parallel: global sums)
-                    return "budget"
+                    return Status.BUDGET
                 if self.unit == "backpropped":
                     stop = self._backpropped_checks(max_epochs)
                     if stop:
                         return stop
         except _StopRequested:                 # preemption noticed inside the strategy loop
-            return "preempted"
+            return Status.PREEMPTED
         except Exception as err:
             if not PREEMPTION.requested:
                 raise
@@ -623,7 +621,7 @@ class Trainer:
             # dropped anyway, so this is a preemption, not a failure.
             log.warning("error while stopping for preemption (partial epoch dropped): %s: %s",
                         type(err).__name__, err)
-            return "preempted"
+            return Status.PREEMPTED
         finally:
             batches.close()
 
@@ -638,7 +636,7 @@ class Trainer:
             self._record_eval()
             self.timer.resume()
         if max_epochs is not None and progress >= max_epochs - 1e-9:
-            return "completed"
+            return Status.COMPLETED
         return None
 
     def _after_epoch(self, epoch: int) -> None:
@@ -659,7 +657,7 @@ class Trainer:
             self._boundary = ckpt.to_plain(state, clone=True)
 
     # -- checkpoints ---------------------------------------------------------------------------
-    def _checkpoint_state(self, finished: str | None = None) -> dict:
+    def _checkpoint_state(self, finished: Status | None = None) -> dict:
         """Everything an exact resume needs, as tensors and plain types (weights_only-loadable).
 
         `finished` marks the final checkpoint of a run that ended (completed / budget): it holds the
@@ -685,7 +683,7 @@ class Trainer:
         return {
             "format": ckpt.FORMAT_VERSION,
             "config_key": config_key(config), "seed": int(self.cfg.seed), "config": config,
-            "finished": finished, "world_size": self.dist.world_size,
+            "finished": None if finished is None else str(finished), "world_size": self.dist.world_size,
             # Data order, augmentation and dropout are re-seeded from (seed, epoch) at each epoch start
             # (TorchSource.permutation, derive_seed), so the epoch index is their whole state; torch's
             # global RNG state is saved as well, for safety. The learning rate is a pure function of the
@@ -765,7 +763,7 @@ class Trainer:
         if self.device.type == "cuda" and len(own["rng"]["cuda"]) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(own["rng"]["cuda"])
         self._wall_offset = float(state["wall_s"])
-        self._finished = state.get("finished")
+        self._finished = Status(state["finished"]) if state.get("finished") else None
         self._restore_budget(state.get("budget"))
         self.saved_epoch = self.next_epoch
         return self.next_epoch

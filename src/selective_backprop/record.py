@@ -1,0 +1,106 @@
+"""The run-record contract (docs/run_record.md), on the ground floor and free of torch.
+
+A run directory holds ``metrics.jsonl`` (one JSON line per evaluation), ``summary.json`` (written
+atomically), ``checkpoint.pt`` and ``tb/`` (TensorBoard). This module owns those names, the run
+statuses, the phase names, the configuration key, the atomic writer, the one metrics reader and the
+summary builder, so the writer (engine/recorder.py), the reader (analysis/runs.py), validation, the
+entry point and the scripts agree by construction.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.jsonl"
+SUMMARY_FILE = "summary.json"
+CHECKPOINT_FILE = "checkpoint.pt"
+TB_DIR = "tb"
+
+#: the timed phases of a training step, in display order (``phase_s`` in rows and summaries)
+PHASES = ("data", "select_forward", "select", "train_forward", "backward", "optimizer")
+
+# Config keys that do not change what a run computes: excluded from the configuration key.
+MACHINE_KEYS = ("seed", "device", "train.progress", "train.tensorboard", "train.num_workers",
+                "train.checkpoint_every", "dataset.root", "dataset.download")
+
+
+class Status(enum.StrEnum):
+    """A run's ``summary.json`` status (str-valued: the JSON holds the plain word)."""
+
+    RUNNING = "running"
+    COMPLETED = "completed"      # trained to its configured end
+    BUDGET = "budget"            # stopped by a time/cost budget (a normal end)
+    PREEMPTED = "preempted"      # stopped by a signal at an epoch boundary; resumable
+    DIVERGED = "diverged"        # NaN/inf loss or the divergence rule
+    FAILED = "failed"            # any other error
+
+
+#: statuses of a run that has ended normally (usable by the analysis, a finished resume target)
+FINISHED = (Status.COMPLETED, Status.BUDGET)
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
+    """Write `text` to `path` via a temp file + rename, so readers never see half a file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def config_key(config: dict) -> str:
+    """Stable hash of the config without seed and machine-only keys: runs sharing it form a configuration."""
+    cleaned = json.loads(json.dumps(config))
+    for dotted in MACHINE_KEYS:
+        node = cleaned
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node.get(part, {}) if isinstance(node, dict) else {}
+        if isinstance(node, dict):
+            node.pop(leaf, None)
+    blob = json.dumps(cleaned, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def read_metrics(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """Rows of a ``metrics.jsonl`` ([] when the file is absent). A partial (non-JSON) LAST line — a run
+    killed mid-write — is dropped (logged at INFO); a non-JSON line before the last raises ValueError."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    numbered = [(i, ln) for i, ln in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if ln.strip()]
+    records: list[dict[str, Any]] = []
+    for k, (lineno, line) in enumerate(numbered):
+        try:
+            rec = json.loads(line)
+            if not isinstance(rec, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as exc:
+            if k == len(numbered) - 1:
+                logger.info("%s: ignoring partial last line %d (%s)", path, lineno, exc)
+                break
+            raise ValueError(f"{path}: line {lineno} is not a JSON object: {exc}") from exc
+        records.append(rec)
+    return records
+
+
+def build_summary(config: dict, status: Status | str, **fields: Any) -> dict[str, Any]:
+    """The ``summary.json`` payload: `fields` plus the status, the resolved config and its config_key."""
+    return {**fields, "status": str(Status(status)), "config": config, "config_key": config_key(config)}
+
+
+def write_summary(run_dir: str | os.PathLike[str], summary: dict[str, Any]) -> Path:
+    """Write ``summary.json`` into `run_dir` atomically (sorted keys, indented); returns its path."""
+    path = Path(run_dir) / SUMMARY_FILE
+    atomic_write_text(path, json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    return path
