@@ -1,14 +1,21 @@
 #!/usr/bin/env python
-"""The main job on a CPU: Traditional vs SB vs Stale-SB on real Fashion-MNIST (resnet8).
+"""The main job on a CPU: Traditional vs SB vs the uniform control at an equal budget, on real Fashion-MNIST.
 
-Trains each strategy with the same epochs and LR schedule, prints a table (training time, final
-error, backward passes, phase split) and writes a plot of test error vs wall-clock time.
+Traditional trains through its LR schedule; every other strategy then gets exactly Traditional's measured
+cost (forward-equivalent units: a selection forward 1, a trained example 3) as its budget and holds the
+final LR past the schedule's end, as the paper's equal-time protocol does. The demo prints, for each
+strategy, the cost and training time it took to reach Traditional's final error x 1.2 and the speedup over
+Traditional, with one line above the table saying whether SB paid off here, and writes a plot of test
+error against cost with the target line. The setup is the regime-map point in `results/regime/` (see the
+README's "When does SB pay off?").
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import math
 import sys
 from pathlib import Path
 
@@ -17,66 +24,122 @@ sys.path.insert(0, str(REPO / "src"))
 
 from hydra import compose, initialize_config_dir  # noqa: E402
 
-from selective_backprop.conf import CONFIG_DIR  # noqa: E402
+from selective_backprop.analysis.records import load_runs  # noqa: E402
+from selective_backprop.analysis.table1 import time_to_target  # noqa: E402
 from selective_backprop.cli_errors import check_output_dir, exits_on_bad_input  # noqa: E402
+from selective_backprop.conf import CONFIG_DIR  # noqa: E402
+from selective_backprop.train import run  # noqa: E402
 
-from selective_backprop.engine.records import read_metrics  # noqa: E402
-from selective_backprop.engine.trainer import Trainer  # noqa: E402
-
-STRATEGIES = ("traditional", "sb", "stale_sb")
+STRATEGIES = ("traditional", "sb", "uniform")
+FACTOR = 1.2
+NO_AUGMENT = ("dataset.augment.crop_padding=0", "dataset.augment.hflip=false")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="outputs/demo", help="folder for the runs, table and plot")
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--subset", type=int, default=12000, help="training examples (0 = all 60 000)")
-    p.add_argument("--strategies", default=",".join(STRATEGIES))
+    p.add_argument("--subset", type=int, default=2000, help="training examples")
+    p.add_argument("--test-subset", type=int, default=2000, help="test examples evaluated (fixed subset)")
+    p.add_argument("--schedule", default="fashion_mnist_e10",
+                   help="LR schedule (fashion_mnist_e10 / e30 / e60: Traditional's epochs)")
+    p.add_argument("--width", type=int, default=16, help="resnet8 width")
+    p.add_argument("--augment", action="store_true", help="crop + flip (default: none, see the regime map)")
+    p.add_argument("--strategies", default=",".join(STRATEGIES), help="traditional first, then the others")
     p.add_argument("overrides", nargs="*", help="extra Hydra overrides, e.g. strategy.selectivity=0.25")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    args.names = [n for n in args.strategies.split(",") if n]
+    if not args.names or args.names[0] != "traditional":
+        p.error("--strategies must start with traditional (the others get its cost as their budget)")
+    return args
 
 
-def run_strategy(name: str, args: argparse.Namespace, out: Path, bundle=None):
-    overrides = ["experiment=fashion_mnist_cpu", f"strategy={name}", f"train.max_epochs={args.epochs}",
-                 "lr_schedule=fashion_mnist_sched2", "train.progress=auto", "device=cpu"]
-    if args.subset:
-        overrides.append(f"dataset.subset={args.subset}")
-    if name == "stale_sb":
-        overrides.append("strategy.staleness=2")
+def _overrides(args: argparse.Namespace, strategy: str) -> list[str]:
+    point = ["experiment=fashion_mnist_regime", f"dataset.subset={args.subset}",
+             f"dataset.test_subset={args.test_subset}", f"lr_schedule={args.schedule}",
+             f"model.width={args.width}", "device=cpu", "train.progress=auto", f"strategy={strategy}"]
+    return point + ([] if args.augment else list(NO_AUGMENT)) + list(args.overrides)
+
+
+def train_one(args: argparse.Namespace, strategy: str, out: Path, budget: float | None) -> dict:
+    overrides = _overrides(args, strategy)
+    if budget is not None:
+        overrides += ["train.max_epochs=null", f"train.max_cost={budget}"]
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose(config_name="config", overrides=overrides + list(args.overrides))
-    trainer = Trainer(cfg, str(out / name), data_bundle=bundle)
-    return trainer, trainer.fit()
+        cfg = compose(config_name="config", overrides=overrides)
+    run(cfg, str(out / strategy))
+    return json.loads((out / strategy / "summary.json").read_text())
 
 
-def table(summaries: dict[str, dict]) -> str:
-    head = ("| strategy | train s | speedup | final error | backward passes | "
-            "select fwd s | train fwd s | backward s | other s |")
+def results(out: Path, names: list[str]) -> list[dict]:
+    """Per strategy: final error, budget spent, and cost / time to Traditional's final error x FACTOR."""
+    runs = load_runs([out / n for n in names])
+    evals = {s: g for s, g in runs.evals.groupby("strategy")}
+    finals = dict(zip(runs.runs["strategy"], runs.runs["final_test_error"]))
+    target = finals["traditional"] * FACTOR
+    rows = []
+    for name in names:
+        ev = evals[name]
+        rows.append({"strategy": name, "final_error": finals[name], "target": target,
+                     "cost": float(ev["cost"].iloc[-1]), "train_s": float(ev["train_s"].iloc[-1]),
+                     "epochs": float(ev["epoch"].iloc[-1]), "backpropped": int(ev["examples_backpropped"].iloc[-1]),
+                     "cost_to": time_to_target(ev, target, "cost"), "time_to": time_to_target(ev, target, "train_s")})
+    base = rows[0]
+    for r in rows:
+        r["speedup_cost"] = base["cost_to"] / r["cost_to"] if not math.isnan(r["cost_to"]) else math.nan
+        r["speedup_time"] = base["time_to"] / r["time_to"] if not math.isnan(r["time_to"]) else math.nan
+    return rows
+
+
+def verdict(rows: list[dict]) -> str:
+    """One line: did SB reach Traditional's error x 1.2 for less than Traditional spent?"""
+    by = {r["strategy"]: r for r in rows}
+    sb = by.get("sb")
+    if sb is None:
+        return "SB was not run."
+    target = f"Traditional's final error x {FACTOR:g} ({100 * sb['target']:.1f} %)"
+    if math.isnan(sb["cost_to"]):
+        return (f"SB did NOT pay off here: with Traditional's whole budget it never reached {target} "
+                f"(final {100 * sb['final_error']:.1f} % vs Traditional's {100 * by['traditional']['final_error']:.1f} %).")
+    if sb["speedup_cost"] <= 1.0:
+        return f"SB did NOT pay off here: it reached {target} at {sb['speedup_cost']:.2f}x Traditional's speed (cost)."
+    uniform = by.get("uniform")
+    beside = ""
+    if uniform is not None:
+        beside = (" ; the uniform control never got there" if math.isnan(uniform["cost_to"])
+                  else f" ; the uniform control: {uniform['speedup_cost']:.2f}x")
+    return f"SB reached {target} {sb['speedup_cost']:.2f}x sooner than Traditional in cost{beside}."
+
+
+def _x(value: float, digits: int = 0) -> str:
+    return "–" if math.isnan(value) else f"{value:,.{digits}f}"
+
+
+def table(rows: list[dict]) -> str:
+    head = ("| strategy | final error | epochs | backpropped | cost spent | cost to target | speedup (cost) | "
+            "train s to target | speedup (time) |")
     lines = [head, "|" + "---|" * 9]
-    base = summaries.get("traditional", {}).get("train_s")
-    for name, s in summaries.items():
-        ph = s["phase_s"]
-        other = ph["data"] + ph["select"] + ph["optimizer"]
-        speed = f"{base / s['train_s']:.2f}x" if base else "–"
-        lines.append(f"| {name} | {s['train_s']:.1f} | {speed} | {s['final_test_error']:.4f} | "
-                     f"{s['examples_backpropped']} | {ph['select_forward']:.1f} | {ph['train_forward']:.1f} | "
-                     f"{ph['backward']:.1f} | {other:.1f} |")
+    for r in rows:
+        lines.append(f"| {r['strategy']} | {100 * r['final_error']:.2f} % | {r['epochs']:.1f} | {r['backpropped']:,} | "
+                     f"{r['cost']:,.0f} | {_x(r['cost_to'])} | {_x(r['speedup_cost'], 2)}x | "
+                     f"{_x(r['time_to'], 1)} | {_x(r['speedup_time'], 2)}x |")
     return "\n".join(lines)
 
 
-def plot(out: Path, names: list[str]) -> Path:
+def plot(out: Path, names: list[str], target: float) -> Path:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name in names:
-        rows = read_metrics(out / name / "metrics.jsonl")
-        ax.plot([r["train_s"] for r in rows], [100 * r["test_error"] for r in rows], marker="o", label=name)
-    ax.set(xlabel="training time (s, evaluation excluded)", ylabel="test error (%)",
-           title="Fashion-MNIST, resnet8, CPU")
+
+    runs = load_runs([out / n for n in names])
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    for name, ev in runs.evals.groupby("strategy", sort=False):
+        ax.plot(ev["cost"], 100 * ev["test_error"], marker=".", label=name)
+    ax.axhline(100 * target, color="black", ls="--", lw=0.9, label=f"Traditional final x {FACTOR:g}")
+    ax.set(xlabel="cost (forward-equivalent units, evaluation excluded)", ylabel="test error (%)",
+           title="Fashion-MNIST, resnet8, equal budget", ylim=(0, min(100, 300 * target)))
     ax.grid(alpha=0.3)
     ax.legend()
-    path = out / "error_vs_time.png"
+    path = out / "error_vs_cost.png"
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     return path
@@ -88,15 +151,16 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     out = check_output_dir(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    names = [n for n in args.strategies.split(",") if n]
-    summaries, bundle = {}, None
-    for name in names:
-        trainer, summaries[name] = run_strategy(name, args, out, bundle)
-        bundle = trainer.data
-    text = table(summaries)
+    budget = None
+    for name in args.names:
+        summary = train_one(args, name, out, budget)
+        if budget is None:
+            budget = float(summary["cost"])     # Traditional's measured cost: everyone's budget
+    rows = results(out, args.names)
+    text = verdict(rows) + "\n\n" + table(rows)
     (out / "table.md").write_text(text + "\n")
     print(text)
-    print(f"\nplot: {plot(out, names)}\nruns: {out}/<strategy>/ (metrics.jsonl, summary.json, tb/)")
+    print(f"\nplot: {plot(out, args.names, rows[0]['target'])}\nruns: {out}/<strategy>/ (metrics.jsonl, summary.json)")
     return 0
 
 
