@@ -6,7 +6,7 @@ PIP := $(VENV)/bin/pip
 RUNS_CPU := results/fashion_mnist_cpu
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-fast demo bench reproduce-table1 reproduce-table1-cpu report-cpu report-paper clean
+.PHONY: help setup test test-fast demo bench reproduce-regime reproduce-quick report-regime reproduce-table1 reproduce-table1-cpu report-cpu report-paper clean
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-22s\033[0m %s\n", $$1, $$2}'
@@ -25,7 +25,7 @@ test:  ## run the test suite (CPU; ~10-15 min on 2 cores)
 test-fast:  ## the test suite without the slow end-to-end tests
 	$(PY) -m pytest -q -m "not slow"
 
-demo:  ## Traditional vs SB vs Stale-SB on real Fashion-MNIST (resnet8, CPU, a few minutes)
+demo:  ## Traditional vs SB vs uniform at an equal budget on real Fashion-MNIST (resnet8, CPU, a few minutes)
 	$(PY) scripts/demo.py --out outputs/demo
 
 BENCH_ARGS ?=
@@ -59,6 +59,25 @@ report-cpu:  ## Table 1, Pareto frontiers, figures (and Fig 5) from results/fash
 	$(PY) scripts/plot_pareto.py $(RUNS_CPU)/runs --out $(RUNS_CPU)
 	$(PY) scripts/plot_figures.py $(RUNS_CPU)/runs --out $(RUNS_CPU)/figures
 	$(PY) scripts/gradient_similarity.py --subset 6000 --epochs 2 --every 10 --out $(RUNS_CPU)/figures
+
+REGIME_OUT := multirun/regime
+REGIME_SEEDS ?= 0
+REGIME_STRATEGIES ?= sb,stale_sb,uniform
+
+reproduce-regime:  ## the regime map (CPU, hours): equal-budget points on Fashion-MNIST, then report-regime
+	bash scripts/regime_sweep.sh $(REGIME_OUT) $(REGIME_SEEDS) $(REGIME_STRATEGIES) \
+	  "lr_schedule=fashion_mnist_e10" "lr_schedule=fashion_mnist_e30" "lr_schedule=fashion_mnist_e30 model.width=8" \
+	  "lr_schedule=fashion_mnist_e10 dataset.augment.crop_padding=0 dataset.augment.hflip=false" "lr_schedule=fashion_mnist_e30 dataset.augment.crop_padding=0 dataset.augment.hflip=false" \
+	  "lr_schedule=fashion_mnist_e30 dataset.subset=6000 dataset.augment.crop_padding=0 dataset.augment.hflip=false"
+	$(MAKE) report-regime
+
+report-regime:  ## regime_map.csv/md/png from multirun/regime into results/regime/
+	$(PY) scripts/regime_map.py $(REGIME_OUT) --out results/regime
+
+reproduce-quick:  ## one regime point (6k images, no augmentation, 10 epochs), SB and uniform vs Traditional (~15 min)
+	bash scripts/regime_sweep.sh multirun/quick 0 sb,uniform \
+	  "lr_schedule=fashion_mnist_e10 dataset.subset=6000 dataset.test_subset=2000 dataset.augment.crop_padding=0 dataset.augment.hflip=false"
+	$(PY) scripts/regime_map.py multirun/quick --out multirun/quick/report
 
 clean:  ## remove caches and local outputs (keeps data/ and results/)
 	rm -rf outputs multirun .pytest_cache
