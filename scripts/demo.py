@@ -28,6 +28,7 @@ from selective_backprop.analysis.records import load_runs  # noqa: E402
 from selective_backprop.analysis.table1 import time_to_target  # noqa: E402
 from selective_backprop.cli_errors import check_output_dir, exits_on_bad_input  # noqa: E402
 from selective_backprop.conf import CONFIG_DIR  # noqa: E402
+from selective_backprop.record import SUMMARY_FILE  # noqa: E402
 from selective_backprop.train import run  # noqa: E402
 
 STRATEGIES = ("traditional", "sb", "uniform")
@@ -67,7 +68,7 @@ def train_one(args: argparse.Namespace, strategy: str, out: Path, budget: float 
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose(config_name="config", overrides=overrides)
     run(cfg, str(out / strategy))
-    return json.loads((out / strategy / "summary.json").read_text())
+    return json.loads((out / strategy / SUMMARY_FILE).read_text())
 
 
 def results(out: Path, names: list[str]) -> list[dict]:

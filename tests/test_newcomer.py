@@ -153,7 +153,7 @@ def _entry_points(tmp_path: Path) -> dict[str, list[str]]:
     py = sys.executable
     return {
         "train": [py, "-m", "selective_backprop.train", f"hydra.run.dir={tmp_path / 'run'}"],
-        "demo": [py, str(SCRIPTS / "demo.py"), "--out", str(tmp_path / "demo"), "--epochs", "1"],
+        "demo": [py, str(SCRIPTS / "demo.py"), "--out", str(tmp_path / "demo"), "--subset", "64"],
         "benchmark": [py, str(SCRIPTS / "benchmark.py"), "--out", str(tmp_path / "bench"), "--epochs", "1"],
         "gradient_similarity": [py, str(SCRIPTS / "gradient_similarity.py"), "--root",
                                 str(tmp_path / "empty-data"), "--out", str(tmp_path / "fig5")],

@@ -13,8 +13,6 @@ from selective_backprop import record
 
 ROOT = Path(__file__).resolve().parents[1]
 CODE = sorted((ROOT / "src" / "selective_backprop").rglob("*.py")) + sorted((ROOT / "scripts").glob("*.py"))
-# scripts/demo.py is the lead's (issue 14) and still spells "summary.json" once: to move to record.SUMMARY_FILE
-CODE = [p for p in CODE if p.name != "demo.py"]
 
 
 def test_record_module_is_torch_free():
