@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 import scipy.io
 import torchvision
+import torch
 
 CIFAR10_TRAIN_BATCHES = 5
 
@@ -219,3 +220,18 @@ def patch_md5s(monkeypatch: pytest.MonkeyPatch, root: str | Path) -> None:
     for split, (url, fname, old) in torchvision.datasets.SVHN.split_list.items():
         table[split] = [url, fname, md5(root / fname) if (root / fname).is_file() else old]
     monkeypatch.setattr(torchvision.datasets.SVHN, "split_list", table)
+
+
+class SyntheticImages(torch.utils.data.Dataset):
+    """n examples of 1×8×8 noise with 4 labels (no augmentation): x and y by index (strategy unit tests)."""
+
+    def __init__(self, n: int, seed: int = 0):
+        gen = torch.Generator().manual_seed(seed)
+        self.x = torch.randn(n, 1, 8, 8, generator=gen)
+        self.y = torch.randint(0, 4, (n,), generator=gen)
+
+    def __len__(self):
+        return self.x.shape[0]
+
+    def __getitem__(self, i):
+        return self.x[i], int(self.y[i])

@@ -25,6 +25,7 @@ from selective_backprop.engine.timing import PhaseTimer
 from selective_backprop.errors import ConfigError
 from selective_backprop.selection import rules
 from selective_backprop.selection.selector import LossSelector
+from datagen import SyntheticImages
 
 CPU = torch.device("cpu")
 
@@ -143,7 +144,7 @@ def test_inclusive_reproduces_the_pre_issue_11_numbers():
     kept = torch.cat(kept).tolist()
     assert (len(kept), hashlib.sha256(str(kept).encode()).hexdigest()[:16]) == (336, "e3ab2b8eb1f51327")
 
-    ctx = _context(_Synthetic(300), 32)
+    ctx = _context(SyntheticImages(300), 32)
     strategy = build_strategy(OmegaConf.create({"name": "sb", "history": 128, "select_batch_size": 40,
                                                 "percentile": "inclusive", "prime_epochs": 0}), 32, 5)
     got = torch.cat([b.idx for e in range(3) for b in strategy.epoch(e, ctx)]).tolist()
@@ -152,19 +153,6 @@ def test_inclusive_reproduces_the_pre_issue_11_numbers():
 
 # ------------------------------------------------------------------------------ strategies, unit level
 
-class _Synthetic(Dataset):
-    """n examples of 1×8×8 noise with 4 labels: x and y by index."""
-
-    def __init__(self, n: int, seed: int = 0):
-        gen = torch.Generator().manual_seed(seed)
-        self.x = torch.randn(n, 1, 8, 8, generator=gen)
-        self.y = torch.randint(0, 4, (n,), generator=gen)
-
-    def __len__(self):
-        return self.x.shape[0]
-
-    def __getitem__(self, i):
-        return self.x[i], int(self.y[i])
 
 
 def _context(dataset: Dataset, batch_size: int) -> Context:
@@ -184,7 +172,7 @@ def test_priming_epoch_backprops_every_example(name):
     """Epoch 0 (prime_epochs = 1, default): every example kept and trained, each one selection-forwarded,
     the history left empty; epoch 1 selects (fewer kept, history filled; Stale-SB n = 2: from the
     stored losses, without selection forwards)."""
-    data = _Synthetic(200)
+    data = SyntheticImages(200)
     ctx = _context(data, 16)
     strategy = _strategy(name, 16)
     assert strategy.prime_epochs == 1 and strategy.percentile == "strict"
@@ -198,7 +186,7 @@ def test_priming_epoch_backprops_every_example(name):
 
 
 def test_prime_epochs_zero_selects_from_the_start_and_validation():
-    ctx = _context(_Synthetic(200), 16)
+    ctx = _context(SyntheticImages(200), 16)
     strategy = _strategy("sb", 16, prime_epochs=0)
     list(strategy.epoch(0, ctx))
     assert int(ctx.counters.kept) < 200 and strategy.selector.filled == 200
@@ -217,7 +205,7 @@ def test_stale_sb_stored_losses_move_when_trained_and_are_reranked():
     (strict), the kept set is exactly the replay of that rule, and the lowest stored loss is never
     kept. The table survives state_dict/load_state_dict.
     """
-    data = _Synthetic(200)
+    data = SyntheticImages(200)
     ctx = _context(data, 16)
     stale = _strategy("stale_sb", 16, staleness=2)
     assert isinstance(stale, StaleSB)
@@ -287,7 +275,7 @@ def _count_gate_reads(monkeypatch, k18: Kath18) -> list[int]:
 def test_kath18_gate_read_once_per_epoch_and_holds(monkeypatch):
     """gate_every=epoch (default): one gate read per epoch. τ far above τ_th at the epoch's start keeps
     every batch of that epoch importance-sampled even after τ is forced below τ_th mid-epoch."""
-    ctx = _context(_Synthetic(200), 16)
+    ctx = _context(SyntheticImages(200), 16)
     k18 = _kath18()
     assert k18.gate_every == "epoch" and k18.score_while_closed is True
     reads = _count_gate_reads(monkeypatch, k18)
@@ -303,7 +291,7 @@ def test_kath18_gate_read_once_per_epoch_and_holds(monkeypatch):
 
 
 def test_kath18_gate_every_step_reads_before_each_step(monkeypatch):
-    ctx = _context(_Synthetic(200), 16)
+    ctx = _context(SyntheticImages(200), 16)
     k18 = _kath18(gate_every="step", score_while_closed=False)
     reads = _count_gate_reads(monkeypatch, k18)
     batches = list(k18.epoch(0, ctx))
@@ -314,7 +302,7 @@ def test_kath18_scores_closed_gate_batches_and_counts_them():
     """score_while_closed=true (default): a closed-gate epoch of 200 examples runs the scoring forward
     on all 200 (select_forwarded, timed as select_forward), τ learns from those scores, and the
     training forward's losses do not update τ again; false: no scoring forward (the old behaviour)."""
-    ctx = _context(_Synthetic(200), 16)
+    ctx = _context(SyntheticImages(200), 16)
     k18 = _kath18()
     batches = list(k18.epoch(0, ctx))
     assert all(b.tag == "uniform_scored" for b in batches) and sum(b.idx.shape[0] for b in batches) == 200
@@ -325,7 +313,7 @@ def test_kath18_scores_closed_gate_batches_and_counts_them():
     k18.after_train_step(batches[0], torch.ones(16), torch.zeros(16, 4))
     assert float(k18.tau) == tau
 
-    ctx_old = _context(_Synthetic(200), 16)
+    ctx_old = _context(SyntheticImages(200), 16)
     old = _kath18(score_while_closed=False)
     list(old.epoch(0, ctx_old))
     assert ctx_old.counters.select_forwarded == 0 and old.tau is None

@@ -25,24 +25,12 @@ from selective_backprop.engine.strategies import Context, Counters, build_strate
 from selective_backprop.engine.timing import PhaseTimer
 from selective_backprop.errors import ConfigError
 from selective_backprop.validate import validate_config
+from datagen import SyntheticImages
 
 CPU = torch.device("cpu")
 N, B = 512, 64          # tiny_config's subset and batch size
 
 
-class _Synthetic(Dataset):
-    """n examples of 1×8×8 noise with 4 labels (no augmentation)."""
-
-    def __init__(self, n: int, seed: int = 0):
-        gen = torch.Generator().manual_seed(seed)
-        self.x = torch.randn(n, 1, 8, 8, generator=gen)
-        self.y = torch.randint(0, 4, (n,), generator=gen)
-
-    def __len__(self):
-        return self.x.shape[0]
-
-    def __getitem__(self, i):
-        return self.x[i], int(self.y[i])
 
 
 class _Pooled(nn.Module):
@@ -76,7 +64,7 @@ def _epoch(strategy, epoch, ctx):
 
 def _scored_infobatch(n=400, b=16, seed=0, **kw):
     """An InfoBatch whose score table holds fixed scores (uniform [0, 1), seeded)."""
-    data = _Synthetic(n)
+    data = SyntheticImages(n)
     ctx = _context(data, b, max_epochs=100)
     ib = InfoBatch(batch_size=b, seed=seed, **kw)
     ib.scores = torch.rand(n, generator=torch.Generator().manual_seed(7))
@@ -125,7 +113,7 @@ def test_infobatch_prunes_r_of_below_mean_uniformly_and_rescales_exactly_the_kep
 def test_infobatch_unseen_examples_are_never_pruned_and_the_mean_is_over_seen_ones():
     """Scores: NaN (unseen) for 100 examples, 1.0 for 150 and 3.0 for 150 → mean 2 over the seen:
     the 1.0 ones are below it; unseen ones always train with weight 1."""
-    data = _Synthetic(400)
+    data = SyntheticImages(400)
     ctx = _context(data, 32, max_epochs=100)
     ib = InfoBatch(batch_size=32, seed=1)
     ib.scores = torch.cat([torch.full((100,), float("nan")), torch.ones(150), torch.full((150,), 3.0)])
@@ -139,7 +127,7 @@ def test_infobatch_unseen_examples_are_never_pruned_and_the_mean_is_over_seen_on
 
 
 def test_infobatch_first_epoch_trains_everything_and_scores_come_from_training_losses():
-    data = _Synthetic(100)
+    data = SyntheticImages(100)
     ctx = _context(data, 16, max_epochs=10)
     ib = InfoBatch(batch_size=16, seed=0)
     batches = _epoch(ib, 0, ctx)
@@ -159,7 +147,7 @@ def test_infobatch_first_epoch_trains_everything_and_scores_come_from_training_l
     (10, 0.125, [True] * 9 + [False]),           # 8.75 → epochs 0..8 prune
 ])
 def test_infobatch_anneal_epochs_train_on_all_with_weight_one(max_epochs, anneal, pruning):
-    data = _Synthetic(200)
+    data = SyntheticImages(200)
     ctx = _context(data, 32, max_epochs=max_epochs)
     ib = InfoBatch(batch_size=32, seed=0, anneal=anneal)
     assert [ib.prunes(e, max_epochs) for e in range(max_epochs)] == pruning
@@ -175,7 +163,7 @@ def test_infobatch_anneal_epochs_train_on_all_with_weight_one(max_epochs, anneal
 
 def test_infobatch_resume_gives_the_same_batches():
     """state_dict after two epochs (scores from training losses, generator) → identical epochs 2 and 3."""
-    data = _Synthetic(300)
+    data = SyntheticImages(300)
     ctx = _context(data, 32, max_epochs=10)
     ib = InfoBatch(batch_size=32, seed=5)
     fake_loss = torch.rand(300, generator=torch.Generator().manual_seed(9))
@@ -213,7 +201,7 @@ def test_should_select_is_composers_rule():
 def test_composer_topk_trains_exactly_the_highest_losses_of_each_batch():
     """rule=topk, keep 0.25, interrupt 0, window open: each trained batch is exactly the int(0.25·n)
     highest selection losses of its loaded batch (losses recomputed here in the same mode)."""
-    data = _Synthetic(200)
+    data = SyntheticImages(200)
     ctx = _context(data, 32, max_epochs=2)
     sb = ComposerSB(batch_size=32, seed=0, keep=0.25, rule="topk", interrupt=0, start=0.0, end=1.0,
                     select_mode="eval")
@@ -262,7 +250,7 @@ def test_composer_sample_rule_matches_composers_rank_distribution():
 def test_composer_interrupt_batches_are_full_and_window_is_start_end():
     """max_epochs 10, window [0.5, 0.9): epochs 0-4 and 9 train plain batches without a selection
     forward; in epochs 5-8 batches 0, 2, 4, … select int(keep·n) and 1, 3, 5, … train in full."""
-    data = _Synthetic(200)
+    data = SyntheticImages(200)
     ctx = _context(data, 32, max_epochs=10)
     sb = ComposerSB(batch_size=32, seed=0)
     assert sb.params() == {"keep": 0.5, "start": 0.5, "end": 0.9, "interrupt": 2, "scale_factor": 1.0,
@@ -284,7 +272,7 @@ def test_composer_interrupt_batches_are_full_and_window_is_start_end():
 
 
 def test_composer_keep_one_never_selects():
-    data = _Synthetic(64)
+    data = SyntheticImages(64)
     ctx = _context(data, 16, max_epochs=2)
     sb = ComposerSB(batch_size=16, seed=0, keep=1.0, start=0.0, interrupt=0)
     assert [b.x.shape[0] for b in _epoch(sb, 0, ctx)] == [16] * 4
@@ -292,7 +280,7 @@ def test_composer_keep_one_never_selects():
 
 
 def test_composer_scale_factor_downscales_only_the_selection_forward():
-    data = _Synthetic(64)
+    data = SyntheticImages(64)
     ctx = _context(data, 16, max_epochs=2)
     sb = ComposerSB(batch_size=16, seed=0, start=0.0, interrupt=0, scale_factor=0.5)
     batches = _epoch(sb, 0, ctx)
@@ -302,7 +290,7 @@ def test_composer_scale_factor_downscales_only_the_selection_forward():
 
 
 def test_composer_resume_gives_the_same_batches():
-    data = _Synthetic(160)
+    data = SyntheticImages(160)
     ctx = _context(data, 32, max_epochs=2)
     sb = ComposerSB(batch_size=32, seed=4, start=0.0, interrupt=0)
     _epoch(sb, 0, ctx)
@@ -331,7 +319,7 @@ def test_max_epochs_null_is_refused(name, tmp_path):
     cfg = compose_config([f"strategy={name}", "train.max_epochs=null", "train.max_time_s=10"])
     with pytest.raises(ConfigError, match=r"^train\.max_epochs=None: .*strategy=" + name):
         validate_config(cfg)
-    data = _Synthetic(32)
+    data = SyntheticImages(32)
     ctx = _context(data, 16, max_epochs=None)
     with pytest.raises(ConfigError, match=r"^train\.max_epochs"):
         _epoch(build_strategy(cfg.strategy, 16, 0), 0, ctx)

@@ -29,6 +29,7 @@ from selective_backprop.engine.timing import PhaseTimer
 from selective_backprop.errors import ConfigError
 from selective_backprop.selection import rules
 from selective_backprop.selection.selector import SeededGenerator
+from datagen import SyntheticImages
 
 N = 512        # tiny_config's subset
 B = 64         # tiny_config's batch size
@@ -162,19 +163,6 @@ def test_kath18_rejects_selectivity_one():
         _kath18(score="entropy")
 
 
-class _Synthetic(Dataset):
-    """n examples of 1×8×8 noise with 4 labels (no augmentation): x and y by index."""
-
-    def __init__(self, n: int, seed: int = 0):
-        gen = torch.Generator().manual_seed(seed)
-        self.x = torch.randn(n, 1, 8, 8, generator=gen)
-        self.y = torch.randint(0, 4, (n,), generator=gen)
-
-    def __len__(self):
-        return self.x.shape[0]
-
-    def __getitem__(self, i):
-        return self.x[i], int(self.y[i])
 
 
 def _context(dataset, batch_size, model=None) -> Context:
@@ -192,7 +180,7 @@ def test_kath18_importance_batch_weights(reweight):
 
     b = 8, s = 1/4 → B = 32. p_i is recomputed from the model's losses on the presampled indices.
     """
-    data = _Synthetic(200)
+    data = SyntheticImages(200)
     ctx = _context(data, 8)
     k18 = _kath18(batch_size=8, selectivity=0.25, reweight=str(reweight).lower())
     assert k18.presample == 32
@@ -219,7 +207,7 @@ def test_kath18_importance_batch_weights(reweight):
 
 
 def test_kath18_closed_gate_gives_uniform_batches_and_learns_tau_from_training_losses():
-    data = _Synthetic(100)
+    data = SyntheticImages(100)
     ctx = _context(data, 16)
     k18 = _kath18(batch_size=16, selectivity=0.5, gate_every="step", score_while_closed="false")
     batches = list(k18.epoch(0, ctx))
@@ -244,7 +232,7 @@ def test_uniform_never_looks_at_the_model_and_keeps_share_s():
         def forward(self, x):
             raise AssertionError("Uniform must not run a selection forward")
 
-    data = _Synthetic(400)
+    data = SyntheticImages(400)
     ctx = _context(data, 32, model=Forbidden())
     uni = build_strategy(OmegaConf.create({"name": "uniform", "selectivity": 0.3}), 32, 0)
     assert isinstance(uni, Uniform) and uni.params() == {"beta": pytest.approx(1 / 0.3 - 1), "selectivity": 0.3}
