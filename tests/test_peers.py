@@ -311,7 +311,7 @@ def test_composer_rejects_bad_values(key, value):
 
 def test_composer_rejects_start_not_below_end():
     with pytest.raises(ConfigError, match=r"^strategy\.start=0\.9, strategy\.end=0\.5"):
-        ComposerSB(start=0.9, end=0.5)
+        ComposerSB(B, 0, start=0.9, end=0.5)
 
 
 @pytest.mark.parametrize("name", ["infobatch", "composer_sb"])

@@ -15,7 +15,7 @@ from torch import nn
 
 from conftest import run_tiny, tiny_config
 from selective_backprop.engine.device_source import DeviceSource
-from selective_backprop.engine.strategies import Context, Counters, SelectiveBackprop
+from selective_backprop.engine.strategies import Context, Counters, SBStrategy
 from selective_backprop.engine.timing import PhaseTimer
 from selective_backprop.selection import rules
 from selective_backprop.selection.packer import BatchPacker
@@ -69,8 +69,8 @@ def sb_epoch(source, select_batch_size: int, batch_size: int = 64):
     """(training batches, kept indices in selection order) of one SB epoch with a frozen model."""
     ctx = Context(PerExample(), source, source.timer, Counters(), batch_size, CPU)
     # the one-by-one (inclusive) rule without priming: its kept set does not depend on the batching
-    strategy = SelectiveBackprop({"beta": 2.0, "select_batch_size": select_batch_size, "percentile": "inclusive",
-                                  "prime_epochs": 0}, batch_size, seed=3)
+    strategy = SBStrategy(batch_size, seed=3, beta=2.0, select_batch_size=select_batch_size,
+                          percentile="inclusive", prime_epochs=0)
     kept = []
     select = strategy.selector.select
 

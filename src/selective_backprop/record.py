@@ -27,9 +27,10 @@ TB_DIR = "tb"
 #: the timed phases of a training step, in display order (``phase_s`` in rows and summaries)
 PHASES = ("data", "select_forward", "select", "train_forward", "backward", "optimizer")
 
-# Config keys that do not change what a run computes: excluded from the configuration key.
+# Config keys that do not change what a run computes: excluded from the configuration key
+# (strategy._target_ follows from strategy.name; records written before it existed keep their key).
 MACHINE_KEYS = ("seed", "device", "train.progress", "train.tensorboard", "train.num_workers",
-                "train.checkpoint_every", "dataset.root", "dataset.download")
+                "train.checkpoint_every", "dataset.root", "dataset.download", "strategy._target_")
 
 
 class Status(enum.StrEnum):

@@ -1,11 +1,13 @@
 """Refuse bad input before any work: the composed config, and what the output directory already holds.
 
 `validate_config(cfg)` checks every value the run depends on and raises ConfigError with one line
-naming the field and what it accepts. It is cheap (no data, no model) and runs at the top of
-`train.run()` and of `Trainer.__init__`. The data files themselves are checked by `build_data`
-(missing folder, wrong size, bad header or shape: DataError), which the trainer calls before it writes
-anything. `check_run_dir(cfg, output_dir)` says whether the output directory is fresh, holds this run
-to resume, or holds this run already finished; it refuses a directory holding a different run.
+naming the field and what it accepts. It is cheap (no data, no model) and runs once, at the top of
+`train.run()`. A strategy's own parameters are the exception: its constructor checks them
+(engine/strategies.py), once, when the trainer builds it before building any data. The data files
+themselves are checked by `build_data` (missing folder, wrong size, bad header or shape: DataError),
+which the trainer calls before it writes anything. `check_run_dir(cfg, output_dir)` says whether the
+output directory is fresh, holds this run to resume, or holds this run already finished; it refuses a
+directory holding a different run.
 """
 
 from __future__ import annotations
@@ -147,42 +149,22 @@ def _check_lr_schedule(cfg: Any) -> None:
     _positive(cfg, "lr_schedule.gamma", 1.0)
 
 
-def _check_strategy(cfg: Any) -> None:
-    from selective_backprop.engine.strategies import STRATEGIES, build_strategy
-    from selective_backprop.selection import rules
+# Strategies that schedule on the run's length (engine/peers.py run_epochs).
+SCHEDULED_ON_MAX_EPOCHS = ("infobatch", "composer_sb")
 
+
+def _check_strategy(cfg: Any) -> None:
+    """What is not the strategy's own business. Its parameters are checked once, by its constructor, when
+    the trainer builds it (engine/strategies.py build_strategy, before any data is built); this module
+    does not import the strategies."""
+    if _get(cfg, "strategy") is None:
+        raise ConfigError("strategy: missing; accepted: a config group option such as strategy=sb")
     name = _get(cfg, "strategy.name")
-    if name not in STRATEGIES:
-        _fail("strategy.name", name, " | ".join(STRATEGIES))
-    batch_size = _get(cfg, "train.batch_size")
-    if name in ("sb", "stale_sb", "uniform"):
-        rules.resolve_beta(_get(cfg, "strategy.beta"), _get(cfg, "strategy.selectivity"))
-    if name in ("sb", "stale_sb"):
-        _int_at_least(cfg, "strategy.history", 1, 1024)
-        _in_range(cfg, "strategy.prob_min", 0.0, 1.0, False, 0.0)
-        _int_at_least(cfg, "strategy.select_batch_size", 1, nullable=True)
-    if name == "stale_sb":
-        _int_at_least(cfg, "strategy.staleness", 1, 3)
-    if name == "kath18":
-        selectivity = _get(cfg, "strategy.selectivity", 1 / 3)
-        if not _is_number(selectivity) or not 0 < selectivity <= 1:
-            _fail("strategy.selectivity", selectivity, "a number in (0, 1]")
-        presample = int(round(batch_size / selectivity))
-        if presample <= batch_size:
-            raise ConfigError(f"strategy.selectivity={selectivity!r}: Kath18's presample ratio B/b = "
-                              f"{presample}/{batch_size} must be > 1; accepted: selectivity < 1 "
-                              f"(round(train.batch_size / selectivity) > train.batch_size)")
-        _one_of(cfg, "strategy.score", ("loss", "gnorm"), "loss")
-        _boolean(cfg, "strategy.reweight", False)
-        _in_range(cfg, "strategy.tau_momentum", 0.0, 1.0, True, 0.9)
-    if name in ("infobatch", "composer_sb") and _get(cfg, "train.max_epochs") is None:
+    if not isinstance(name, str) or not name:
+        _fail("strategy.name", name, "a strategy name such as sb (the run records' strategy)")
+    if name in SCHEDULED_ON_MAX_EPOCHS and _get(cfg, "train.max_epochs") is None:
         raise ConfigError(f"train.max_epochs=None: not accepted with strategy={name} (it schedules on the "
                           f"run's length); accepted: a number > 0")
-    if name in ("sb", "stale_sb", "kath18", "composer_sb"):
-        _one_of(cfg, "strategy.select_mode", ("eval", "train"), "eval")
-        _one_of(cfg, "strategy.select_precision", PRECISIONS, "fp32")
-    # Whatever the strategy's own constructor checks too (cheap: no tensors are allocated).
-    build_strategy(cfg.strategy, int(batch_size), int(_get(cfg, "seed", 0)))
 
 
 def _check_model(cfg: Any) -> None:

@@ -22,45 +22,24 @@ it count as the schedule's end (InfoBatch: annealing; Composer: after `end`, pla
 from __future__ import annotations
 
 import logging
-import math
-from typing import Any, Iterator
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
 
+from selective_backprop.engine import strategy_args as arg
 from selective_backprop.engine.distributed import SINGLE, Dist
 from selective_backprop.engine.source import Batch
-from selective_backprop.engine.strategies import STRATEGIES, Context, Strategy, TrainBatch, _get
+from selective_backprop.engine.strategies import STRATEGIES, Context, Strategy, TrainBatch
 from selective_backprop.errors import ConfigError
-from selective_backprop.selection.selector import PRECISIONS, SeededGenerator
+from selective_backprop.selection.selector import PRECISIONS, SELECT_MODES, SeededGenerator
 
 log = logging.getLogger(__name__)
 
 _INTERPOLATE_MODES = {3: "linear", 4: "bilinear", 5: "trilinear"}     # input dims -> mode (as Composer)
 
 
-# ------------------------------------------------------------------------------------------ checks
-
-def _number(field: str, value: Any, lo: float, hi: float, lo_open: bool, hi_open: bool) -> float:
-    """`value` as a float inside the interval, else a one-line ConfigError naming strategy.<field>."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    ok = ok and (lo < value if lo_open else lo <= value) and (value < hi if hi_open else value <= hi)
-    if not ok:
-        interval = f"{'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
-        raise ConfigError(f"strategy.{field}={value!r}: not accepted; accepted: a number in {interval}")
-    return float(value)
-
-
-def _choice(field: str, value: Any, choices: tuple) -> Any:
-    if value not in choices:
-        raise ConfigError(f"strategy.{field}={value!r}: not accepted; accepted: {' | '.join(choices)}")
-    return value
-
-
-def _option(cfg: Any, key: str, given: Any, default: Any) -> Any:
-    """A constructor keyword if given, else the config's value, else the default."""
-    return given if given is not None else _get(cfg, key, default) if cfg is not None else default
-
+# ------------------------------------------------------------------------------------------ schedule
 
 def run_epochs(ctx: Context, strategy: str) -> float:
     """train.max_epochs as passed by the trainer in `ctx.extras`; both peers schedule on it."""
@@ -99,11 +78,12 @@ class InfoBatch(Strategy):
 
     name = "infobatch"
 
-    def __init__(self, cfg: Any = None, batch_size: int = 128, seed: int = 0, *,
-                 prune_ratio: float | None = None, anneal: float | None = None):
-        super().__init__(cfg, batch_size, seed)
-        self.prune_ratio = _number("prune_ratio", _option(cfg, "prune_ratio", prune_ratio, 0.5), 0, 1, False, True)
-        self.anneal = _number("anneal", _option(cfg, "anneal", anneal, 0.125), 0, 1, False, False)
+    def __init__(self, batch_size: int, seed: int = 0, *, prune_ratio: float = 0.5, anneal: float = 0.125):
+        """`prune_ratio` r (InfoBatch's default 0.5); `anneal`: the last share of the epochs on the full
+        data (InfoBatch's delta = 1 - anneal = 0.875)."""
+        super().__init__(batch_size, seed)
+        self.prune_ratio = arg.number("prune_ratio", prune_ratio, 0, 1, hi_open=True)
+        self.anneal = arg.number("anneal", anneal, 0, 1)
         self.generator = SeededGenerator(seed)
         self.scores: torch.Tensor | None = None     # per dataset index; NaN = never trained on
         self.last_epoch: dict[str, int] = {}        # {"below_mean", "pruned", "kept"} of the last epoch
@@ -220,28 +200,22 @@ class ComposerSB(Strategy):
 
     name = "composer_sb"
 
-    def __init__(self, cfg: Any = None, batch_size: int = 128, seed: int = 0, *,
-                 keep: float | None = None, start: float | None = None, end: float | None = None,
-                 interrupt: int | None = None, scale_factor: float | None = None, rule: str | None = None,
-                 select_mode: str | None = None, select_precision: str | None = None):
-        super().__init__(cfg, batch_size, seed)
-        self.keep = _number("keep", _option(cfg, "keep", keep, 0.5), 0, 1, True, False)
-        self.start = _number("start", _option(cfg, "start", start, 0.5), 0, 1, False, False)
-        self.end = _number("end", _option(cfg, "end", end, 0.9), 0, 1, False, False)
+    def __init__(self, batch_size: int, seed: int = 0, *, keep: float = 0.5, start: float = 0.5, end: float = 0.9,
+                 interrupt: int = 2, scale_factor: float = 1.0, rule: str = "sample", select_mode: str = "train",
+                 select_precision: str = "fp32"):
+        """Defaults are Composer's (select_mode train: Composer forwards the model in training mode)."""
+        super().__init__(batch_size, seed)
+        self.keep = arg.number("keep", keep, 0, 1, lo_open=True)
+        self.start = arg.number("start", start, 0, 1)
+        self.end = arg.number("end", end, 0, 1)
         if not self.start < self.end:
             raise ConfigError(f"strategy.start={self.start!r}, strategy.end={self.end!r}: not accepted; "
                               f"accepted: 0 <= start < end <= 1")
-        self.interrupt = _option(cfg, "interrupt", interrupt, 2)
-        if isinstance(self.interrupt, bool) or not isinstance(self.interrupt, int) or self.interrupt < 0:
-            raise ConfigError(f"strategy.interrupt={self.interrupt!r}: not accepted; accepted: an integer >= 0")
-        self.scale_factor = _number("scale_factor", _option(cfg, "scale_factor", scale_factor, 1.0),
-                                    0, 1, True, False)
-        self.rule = _choice("rule", _option(cfg, "rule", rule, "sample"), ("sample", "topk"))
-        self.select_mode = _choice("select_mode", _option(cfg, "select_mode", select_mode, "train"),
-                                   ("eval", "train"))
-        self.select_precision = _choice("select_precision",
-                                        _option(cfg, "select_precision", select_precision, "fp32"),
-                                        tuple(PRECISIONS))
+        self.interrupt = arg.integer("interrupt", interrupt, 0)
+        self.scale_factor = arg.number("scale_factor", scale_factor, 0, 1, lo_open=True)
+        self.rule = arg.choice("rule", rule, ("sample", "topk"))
+        self.select_mode = arg.choice("select_mode", select_mode, SELECT_MODES)
+        self.select_precision = arg.choice("select_precision", select_precision, tuple(PRECISIONS))
         self.generator = SeededGenerator(seed)
 
     def params(self) -> dict:

@@ -9,17 +9,27 @@ all-gathered, rank order), every rank emits the same number of packed batches (t
 any rank; the rest is carried), Stale-SB's loss table is filled from the gathered selection and
 training losses, and Kath18's τ is averaged over ranks with one agreed gate decision (per epoch or
 per step). With K = 1 none of this runs: the single-process code paths are unchanged.
+
+Construction: each strategy has a typed keyword constructor, `Cls(batch_size, seed, *, key=default,
+...)`, that validates its keywords (one-line ConfigError naming `strategy.<key>`); the defaults live
+in those signatures only (tests/test_strategy_config.py holds conf/strategy/*.yaml to them).
+`build_strategy(cfg, batch_size, seed)` builds the class named by the config's `_target_` (or, in
+configs without one, by `name`) with every other key as a keyword.
 """
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 import torch
+from omegaconf import OmegaConf
 
+from selective_backprop.engine import strategy_args as arg
 from selective_backprop.engine.distributed import SINGLE, Dist
 from selective_backprop.engine.source import Batch
 from selective_backprop.engine.timing import PhaseTimer
@@ -27,7 +37,7 @@ from selective_backprop.errors import ConfigError
 from selective_backprop.selection import rules
 from selective_backprop.selection.packer import BatchPacker
 from selective_backprop.selection.readback import LaggedReader
-from selective_backprop.selection.selector import (LossSelector, SeededGenerator,
+from selective_backprop.selection.selector import (PRECISIONS, SELECT_MODES, LossSelector, SeededGenerator,
                                                    per_example_cross_entropy, selection_forward)
 
 logger = logging.getLogger(__name__)
@@ -92,12 +102,15 @@ class Context:
 
 
 class Strategy:
-    """Base: subclasses implement `epoch`; state is resumable through state_dict()."""
+    """Base: subclasses implement `epoch`; state is resumable through state_dict().
+
+    `name` is the config's `strategy.name` (and the run record's `strategy`). A subclass's options are
+    keyword-only constructor arguments with their defaults; the constructor validates them.
+    """
 
     name = "base"
 
-    def __init__(self, cfg: Any, batch_size: int, seed: int):
-        self.cfg = cfg
+    def __init__(self, batch_size: int, seed: int = 0):
         self.batch_size = batch_size
         self.seed = seed
 
@@ -129,17 +142,15 @@ class Traditional(Strategy):
             yield TrainBatch(b.idx, b.x, b.y)
 
 
-def _get(cfg: Any, key: str, default: Any = None) -> Any:
-    value = cfg.get(key, default) if hasattr(cfg, "get") else getattr(cfg, key, default)
-    return default if value is None else value
-
-
 class _Packing(Strategy):
-    """Shared by SB, Stale-SB and Uniform: kept examples queue up and leave in full batches."""
+    """Shared by SB, Stale-SB and Uniform: kept examples queue up and leave in full batches.
 
-    def __init__(self, cfg: Any, batch_size: int, seed: int):
-        super().__init__(cfg, batch_size, seed)
-        self.beta, self.selectivity = rules.resolve_beta(_get(cfg, "beta"), _get(cfg, "selectivity"))
+    `beta` OR `selectivity` (β = 1/s − 1; both given must agree; neither: β = 2, s = 1/3)."""
+
+    def __init__(self, batch_size: int, seed: int = 0, *, beta: float | None = None,
+                 selectivity: float | None = None):
+        super().__init__(batch_size, seed)
+        self.beta, self.selectivity = rules.resolve_beta(beta, selectivity)
         self.packer = BatchPacker(batch_size)
 
     def _pack(self, b: Batch, mask: torch.Tensor, ctx: Context | None = None) -> Iterator[TrainBatch]:
@@ -178,7 +189,7 @@ class _Packing(Strategy):
         self.packer.load_state_dict(state["packer"], device)
 
 
-class SelectiveBackprop(_Packing):
+class SBStrategy(_Packing):
     """SB (Alg. 1 + 2): selection forward, P = CDF(loss)^β over the last R losses, pack kept examples.
 
     `percentile`: strict (the authors': batch pushed first, share strictly below) | inclusive (one by
@@ -192,22 +203,18 @@ class SelectiveBackprop(_Packing):
 
     name = "sb"
 
-    def __init__(self, cfg: Any, batch_size: int, seed: int):
-        super().__init__(cfg, batch_size, seed)
-        self.history = int(_get(cfg, "history", 1024))
-        self.prob_min = float(_get(cfg, "prob_min", 0.0))
-        self.select_batch_size = int(_get(cfg, "select_batch_size", batch_size))
-        self.select_mode = _get(cfg, "select_mode", "eval")
-        self.select_precision = _get(cfg, "select_precision", "fp32")
-        if self.select_batch_size < 1:
-            raise ConfigError(f"strategy.select_batch_size={self.select_batch_size}: must be >= 1")
-        self.percentile = _get(cfg, "percentile", "strict")
-        if self.percentile not in rules.PERCENTILE_RULES:
-            raise ConfigError(f"strategy.percentile={self.percentile!r}: must be one of "
-                              f"{', '.join(rules.PERCENTILE_RULES)}")
-        self.prime_epochs = _get(cfg, "prime_epochs", 1)
-        if isinstance(self.prime_epochs, bool) or not isinstance(self.prime_epochs, int) or self.prime_epochs < 0:
-            raise ConfigError(f"strategy.prime_epochs={self.prime_epochs!r}: must be an integer >= 0")
+    def __init__(self, batch_size: int, seed: int = 0, *, beta: float | None = None,
+                 selectivity: float | None = None, history: int = 1024, prob_min: float = 0.0,
+                 select_batch_size: int | None = None, select_mode: str = "eval",
+                 select_precision: str = "fp32", percentile: str = "strict", prime_epochs: int = 1):
+        super().__init__(batch_size, seed, beta=beta, selectivity=selectivity)
+        self.history = arg.integer("history", history, 1)
+        self.prob_min = arg.number("prob_min", prob_min, 0.0, 1.0)
+        self.select_batch_size = arg.integer("select_batch_size", select_batch_size, 1, nullable=True) or batch_size
+        self.select_mode = arg.choice("select_mode", select_mode, SELECT_MODES)
+        self.select_precision = arg.choice("select_precision", select_precision, tuple(PRECISIONS))
+        self.percentile = arg.choice("percentile", percentile, rules.PERCENTILE_RULES)
+        self.prime_epochs = arg.integer("prime_epochs", prime_epochs, 0)
         self.selector = LossSelector(self.beta, self.history, self.prob_min, seed, self.percentile)
 
     def params(self) -> dict:
@@ -251,7 +258,7 @@ class SelectiveBackprop(_Packing):
         self.selector.load_state_dict(state["selector"])
 
 
-class StaleSB(SelectiveBackprop):
+class StaleSB(SBStrategy):
     """Stale-SB as the authors' (SelectiveBackprop `lib/fp_selectors.py` StaleSelector,
     `lib/forwardproppers.py`, `lib/backproppers.py`): a table holds each example's latest loss.
 
@@ -275,12 +282,10 @@ class StaleSB(SelectiveBackprop):
 
     name = "stale_sb"
 
-    def __init__(self, cfg: Any, batch_size: int, seed: int):
-        super().__init__(cfg, batch_size, seed)
-        staleness = _get(cfg, "staleness", 2)
-        if isinstance(staleness, bool) or not isinstance(staleness, int) or staleness < 1:
-            raise ConfigError(f"strategy.staleness={staleness!r}: must be an integer >= 1")
-        self.staleness = staleness
+    def __init__(self, batch_size: int, seed: int = 0, *, staleness: int = 2, **sb_options: Any):
+        """`staleness` n (the authors' runs: 2); `sb_options`: SBStrategy's keywords, same defaults."""
+        self.staleness = arg.integer("staleness", staleness, 1)
+        super().__init__(batch_size, seed, **sb_options)
         self.loss_table: torch.Tensor | None = None
         self.dist: Dist = SINGLE          # set from the context each epoch (after_train_step has none)
 
@@ -378,8 +383,9 @@ class Uniform(_Packing):
 
     name = "uniform"
 
-    def __init__(self, cfg: Any, batch_size: int, seed: int):
-        super().__init__(cfg, batch_size, seed)
+    def __init__(self, batch_size: int, seed: int = 0, *, beta: float | None = None,
+                 selectivity: float | None = None):
+        super().__init__(batch_size, seed, beta=beta, selectivity=selectivity)
         self.generator = SeededGenerator(seed)
 
     def params(self) -> dict:
@@ -444,28 +450,23 @@ class Kath18(Strategy):
 
     name = "kath18"
 
-    def __init__(self, cfg: Any, batch_size: int, seed: int):
-        super().__init__(cfg, batch_size, seed)
-        self.selectivity = float(_get(cfg, "selectivity", 1 / 3))
-        if not 0 < self.selectivity <= 1:
-            raise ConfigError(f"strategy.selectivity={self.selectivity}: must be in (0, 1]")
+    def __init__(self, batch_size: int, seed: int = 0, *, selectivity: float = 1 / 3, score: str = "loss",
+                 reweight: bool = False, tau_momentum: float = 0.9, select_mode: str = "eval",
+                 select_precision: str = "fp32", gate_every: str = "epoch", score_while_closed: bool = True):
+        super().__init__(batch_size, seed)
+        self.selectivity = arg.number("selectivity", selectivity, 0.0, 1.0, lo_open=True)
         self.presample = int(round(batch_size / self.selectivity))
         if self.presample <= batch_size:
-            raise ConfigError(f"strategy.selectivity={self.selectivity}: Kath18's presample ratio B/b = "
-                              f"{self.presample}/{batch_size} must be > 1 (use selectivity < 1)")
-        self.score = _get(cfg, "score", "loss")
-        if self.score not in ("loss", "gnorm"):
-            raise ConfigError(f"strategy.score={self.score!r}: must be 'loss' or 'gnorm'")
-        self.reweight = bool(_get(cfg, "reweight", False))
-        self.momentum = float(_get(cfg, "tau_momentum", 0.9))
-        self.select_mode = _get(cfg, "select_mode", "eval")
-        self.select_precision = _get(cfg, "select_precision", "fp32")
-        self.gate_every = _get(cfg, "gate_every", "epoch")
-        if self.gate_every not in ("epoch", "step"):
-            raise ConfigError(f"strategy.gate_every={self.gate_every!r}: must be 'epoch' or 'step'")
-        self.score_while_closed = _get(cfg, "score_while_closed", True)
-        if not isinstance(self.score_while_closed, bool):
-            raise ConfigError(f"strategy.score_while_closed={self.score_while_closed!r}: must be true or false")
+            arg.fail("selectivity", selectivity, f"selectivity < 1 (Kath18's presample ratio B/b = "
+                     f"{self.presample}/{batch_size} must be > 1: round(train.batch_size / selectivity) > "
+                     f"train.batch_size)")
+        self.score = arg.choice("score", score, ("loss", "gnorm"))
+        self.reweight = arg.boolean("reweight", reweight)
+        self.momentum = arg.number("tau_momentum", tau_momentum, 0.0, 1.0, hi_open=True)
+        self.select_mode = arg.choice("select_mode", select_mode, SELECT_MODES)
+        self.select_precision = arg.choice("select_precision", select_precision, tuple(PRECISIONS))
+        self.gate_every = arg.choice("gate_every", gate_every, ("epoch", "step"))
+        self.score_while_closed = arg.boolean("score_while_closed", score_while_closed)
         self.tau_th = rules.tau_threshold(self.presample, batch_size)
         self.tau: torch.Tensor | None = None
         self._tau_reader: LaggedReader | None = None
@@ -555,16 +556,61 @@ class Kath18(Strategy):
 
 
 STRATEGIES: dict[str, type[Strategy]] = {
-    cls.name: cls for cls in (Traditional, SelectiveBackprop, StaleSB, Kath18, Uniform)}
+    cls.name: cls for cls in (Traditional, SBStrategy, StaleSB, Kath18, Uniform)}
 
 # The peer methods (engine/peers.py: InfoBatch, ComposerSB) subclass Strategy and add themselves to
 # STRATEGIES on import; importing them here registers them wherever strategies are built.
 from selective_backprop.engine import peers as _peers  # noqa: E402,F401  (after STRATEGIES: circular)
 
 
+def options(cls: type[Strategy]) -> dict[str, inspect.Parameter]:
+    """The config keys `cls` takes: its keyword-only constructor arguments (a subclass passing `**options`
+    on to its base takes the base's too), in signature order, with their defaults."""
+    found: dict[str, inspect.Parameter] = {}
+    for klass in cls.__mro__:
+        if klass is object or "__init__" not in vars(klass):
+            continue
+        params = inspect.signature(klass.__init__).parameters.values()
+        found.update({p.name: p for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name not in found})
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+            break
+    return found
+
+
+def strategy_class(name: Any, target: Any = None) -> type[Strategy]:
+    """The class a strategy config names: its `_target_` (an import path), else `STRATEGIES[name]`
+    (configs written before `_target_`, hand-built ones); the two must agree when both are given."""
+    if target is None:
+        if name not in STRATEGIES:
+            arg.fail("name", name, " | ".join(STRATEGIES))
+        return STRATEGIES[name]
+    from hydra.utils import get_class
+
+    try:
+        cls = get_class(str(target))
+    except Exception as err:              # hydra wraps the import error; keep one line
+        raise ConfigError(f"strategy._target_={target!r}: cannot be imported ({type(err).__name__}); accepted: "
+                          f"a Strategy class path such as {SBStrategy.__module__}.{SBStrategy.__qualname__}") from None
+    if not (isinstance(cls, type) and issubclass(cls, Strategy)):
+        arg.fail("_target_", target, "a subclass of selective_backprop.engine.strategies.Strategy")
+    if name is not None and name != cls.name:
+        raise ConfigError(f"strategy.name={name!r} and strategy._target_={target!r} disagree ({cls.__name__} is "
+                          f"strategy {cls.name!r}); accepted: name {cls.name!r}, or the _target_ of {name!r}")
+    return cls
+
+
 def build_strategy(cfg: Any, batch_size: int, seed: int) -> Strategy:
-    """The strategy named by `cfg.name`."""
-    name = _get(cfg, "name")
-    if name not in STRATEGIES:
-        raise ConfigError(f"strategy.name={name!r}: unknown; accepted: {', '.join(STRATEGIES)}")
-    return STRATEGIES[name](cfg, batch_size, seed)
+    """The strategy a `strategy` config describes, built once through its constructor (which validates
+    every keyword): `_target_` (or `name`) picks the class, every other key is a keyword."""
+    config = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else cfg
+    if not isinstance(config, Mapping):
+        raise ConfigError(f"strategy={config!r}: not accepted; accepted: a strategy config (a mapping with a name)")
+    keywords = dict(config)
+    name, target = keywords.pop("name", None), keywords.pop("_target_", None)
+    cls = strategy_class(name, target)
+    accepted = options(cls)
+    for key in keywords:
+        if key not in accepted:
+            raise ConfigError(f"strategy.{key}: unknown key for strategy {cls.name}; accepted: "
+                              f"{', '.join(accepted) or 'no keys besides name'}")
+    return cls(batch_size, seed, **keywords)

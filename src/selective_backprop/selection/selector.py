@@ -13,6 +13,7 @@ from selective_backprop.selection import rules
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+SELECT_MODES = ("eval", "train")      # BatchNorm mode of the selection forward
 
 
 def per_example_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -81,7 +82,7 @@ def selection_forward(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
 
     The model's train/eval mode is restored afterwards.
     """
-    if mode not in ("eval", "train"):
+    if mode not in SELECT_MODES:
         raise ConfigError(f"strategy.select_mode={mode!r}: must be 'eval' or 'train'")
     was_training = model.training
     model.train(mode == "train")
