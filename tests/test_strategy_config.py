@@ -148,3 +148,14 @@ def test_dataset_yaml_repeats_dataset_info(path):
     augment = cfg["augment"]
     assert (augment["crop_padding"], augment["hflip"], augment["cutout"]) == (info.crop_padding, info.hflip,
                                                                               info.cutout)
+
+
+def test_dataset_info_is_the_one_source_of_dataset_facts():
+    from selective_backprop.data.fashion_mnist_debian import IDX_FILES
+    from selective_backprop.validate import validate_config
+
+    svhn = DATASET_INFO["svhn"]
+    assert (svhn.training_examples(), svhn.training_examples(extra=False)) == (604388, 73257)
+    assert IDX_FILES["train-images-idx3-ubyte"].size == 16 + 60000 * 28 * 28
+    with pytest.raises(ConfigError, match=r"^dataset\.subset: 73258 is out of range.*\[1, 73257\]"):
+        validate_config(compose_config(["dataset=svhn", "dataset.extra=false", "dataset.subset=73258", "device=cpu"]))

@@ -182,13 +182,13 @@ def _check_model(cfg: Any) -> None:
 
 
 def _check_dataset(cfg: Any) -> None:
-    from selective_backprop.data.datasets import DATASET_INFO, _parse, check_root
+    from selective_backprop.data.datasets import DATASET_INFO, check_root, parse_options
 
     if _get(cfg, "dataset") is None:
         raise ConfigError("dataset: missing; accepted: a config group option such as dataset=fashion_mnist")
-    opt = _parse(cfg.dataset)        # name, root, download, subset >= 1, label_noise in [0, 1), stats, augment
+    opt = parse_options(cfg.dataset)  # name, root, download, subset >= 1, label_noise in [0, 1), stats, augment
     info = DATASET_INFO[opt.name]
-    train_size = info.train_size if opt.name != "svhn" or opt.extra else 73257   # SVHN train without extra
+    train_size = info.training_examples(opt.extra)
     if opt.subset is not None and opt.subset > train_size:
         raise ConfigError(f"dataset.subset: {opt.subset} is out of range; accepted: an integer in "
                           f"[1, {train_size}] (the {info.title} training set) or null")

@@ -23,6 +23,7 @@ from torch.utils.data import Dataset
 from torchvision.datasets.utils import calculate_md5
 
 from selective_backprop.data import fashion_mnist_debian as fmd
+from selective_backprop.data.info import DATASET_INFO, DatasetInfo
 from selective_backprop.data.transforms import build_transforms
 from selective_backprop.errors import ConfigError, DataError
 
@@ -30,12 +31,14 @@ __all__ = [
     "DATASET_INFO",
     "DataBundle",
     "DatasetInfo",
+    "DatasetOptions",
     "ImageArrayDataset",
     "apply_label_noise",
     "build_data",
     "check_root",
     "fetch",
     "load_arrays",
+    "parse_options",
     "select_subset",
 ]
 
@@ -43,73 +46,6 @@ log = logging.getLogger(__name__)
 
 Arrays = tuple[torch.Tensor, torch.Tensor]  # uint8 [N,C,H,W], int64 [N]
 
-
-@dataclass(frozen=True)
-class DatasetInfo:
-    """Per-dataset facts and default settings (also readable as ``info['num_classes']``)."""
-
-    num_classes: int
-    in_channels: int
-    image_size: tuple[int, int]
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    crop_padding: int
-    hflip: bool
-    cutout: int
-    train_size: int  # the full training set (SVHN: train + extra)
-    test_size: int
-    title: str  # as in messages: torchvision's class name
-
-    def __getitem__(self, key: str) -> Any:
-        return getattr(self, key)
-
-
-DATASET_INFO: dict[str, DatasetInfo] = {
-    "cifar10": DatasetInfo(
-        10,
-        3,
-        (32, 32),
-        (0.4914, 0.4822, 0.4465),
-        (0.2470, 0.2435, 0.2616),
-        4,
-        True,
-        16,
-        50000,
-        10000,
-        "CIFAR10",
-    ),
-    "cifar100": DatasetInfo(
-        100,
-        3,
-        (32, 32),
-        (0.5071, 0.4865, 0.4409),
-        (0.2673, 0.2564, 0.2762),
-        4,
-        True,
-        8,
-        50000,
-        10000,
-        "CIFAR100",
-    ),
-    # Cutout's SVHN setup uses neither crop nor flip; train_size is train (73,257) + extra (531,131).
-    "svhn": DatasetInfo(
-        10,
-        3,
-        (32, 32),
-        (0.4377, 0.4438, 0.4728),
-        (0.1980, 0.2010, 0.1970),
-        0,
-        False,
-        20,
-        604388,
-        26032,
-        "SVHN",
-    ),
-    # (decision) crop padding 2 + flip for Fashion-MNIST, no Cutout.
-    "fashion_mnist": DatasetInfo(
-        10, 1, (28, 28), (0.2860,), (0.3530,), 2, True, 0, 60000, 10000, "FashionMNIST"
-    ),
-}
 
 _DEBIAN_HINT = ", or install the Debian package dataset-fashion-mnist"
 TEST_SUBSET_SEED = 20240101  # dataset.test_subset: the same test examples for every run
@@ -166,7 +102,9 @@ class DataBundle:
 
 
 @dataclass(frozen=True)
-class _Options:
+class DatasetOptions:
+    """A dataset config, checked (ConfigError naming the field) and with DATASET_INFO's defaults filled in."""
+
     name: str
     root: Path
     download: bool
@@ -252,7 +190,9 @@ def _subset_opt(value: Any) -> int | None:
     return _int_opt(value, "dataset.subset", 1, "a positive integer (at most the training-set size) or null")
 
 
-def _parse(cfg: Any) -> _Options:
+def parse_options(cfg: Any) -> DatasetOptions:
+    """The `dataset` config as DatasetOptions: name, root, download, subset >= 1, label_noise in [0, 1),
+    stats, augmentation (no files are touched)."""
     d = _as_dict(cfg, "dataset")
     name = _canonical_name(d.get("name"))
     info = DATASET_INFO[name]
@@ -263,7 +203,7 @@ def _parse(cfg: Any) -> _Options:
     aug = _as_dict(d.get("augment"), "dataset.augment")
     crop = aug.get("crop_padding", info.crop_padding)
     cutout = aug.get("cutout", info.cutout)
-    return _Options(
+    return DatasetOptions(
         name=name,
         root=Path(str(d["root"])).expanduser().absolute(),
         download=_bool_opt(d.get("download", False), "dataset.download"),
@@ -515,7 +455,7 @@ def apply_label_noise(
 
 def build_data(cfg: Any, seed: int) -> DataBundle:
     """Load the dataset the ``dataset`` config node names; see the module docstring."""
-    opt = _parse(cfg)
+    opt = parse_options(cfg)
     info = DATASET_INFO[opt.name]
     (train_x, train_y), (test_x, test_y) = load_arrays(opt.name, opt.root, opt.download, opt.extra)
     subset_idx = None

@@ -19,6 +19,7 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from selective_backprop.data.info import DATASET_INFO
 from selective_backprop.errors import DataError
 
 __all__ = [
@@ -59,11 +60,12 @@ class IdxSpec:
         return self.header_size + self.count * item
 
 
+_INFO = DATASET_INFO["fashion_mnist"]          # 60 000 / 10 000 images of 28×28
 IDX_FILES: dict[str, IdxSpec] = {
-    "train-images-idx3-ubyte": IdxSpec(2051, 60000, (28, 28)),  # 47,040,016 bytes
-    "train-labels-idx1-ubyte": IdxSpec(2049, 60000, ()),  # 60,008 bytes
-    "t10k-images-idx3-ubyte": IdxSpec(2051, 10000, (28, 28)),  # 7,840,016 bytes
-    "t10k-labels-idx1-ubyte": IdxSpec(2049, 10000, ()),  # 10,008 bytes
+    "train-images-idx3-ubyte": IdxSpec(2051, _INFO.train_size, _INFO.image_size),  # 47,040,016 bytes
+    "train-labels-idx1-ubyte": IdxSpec(2049, _INFO.train_size, ()),  # 60,008 bytes
+    "t10k-images-idx3-ubyte": IdxSpec(2051, _INFO.test_size, _INFO.image_size),  # 7,840,016 bytes
+    "t10k-labels-idx1-ubyte": IdxSpec(2049, _INFO.test_size, ()),  # 10,008 bytes
 }
 
 

@@ -35,6 +35,8 @@ __all__ = [
     "RandomHFlip",
     "ToFloatNormalize",
     "augment_batch",
+    "batch_crop",
+    "batch_cutout",
     "build_transforms",
     "cutout_bounds",
     "normalize_batch",
@@ -174,7 +176,8 @@ def _randint(high: int, n: int, device: torch.device, generator: torch.Generator
     return torch.randint(high, (n,), generator=generator, device=gen_device).to(device)
 
 
-def _batch_crop(images: torch.Tensor, pad: int, generator: torch.Generator | None) -> torch.Tensor:
+def batch_crop(images: torch.Tensor, pad: int, generator: torch.Generator | None) -> torch.Tensor:
+    """Per image, a random H×W crop of the `pad`-zero-padded [B,C,H,W] batch (offsets drawn from `generator`)."""
     b, _, h, w = images.shape
     padded = torch.nn.functional.pad(images, (pad, pad, pad, pad))
     oy = _randint(2 * pad + 1, b, images.device, generator)
@@ -186,7 +189,8 @@ def _batch_crop(images: torch.Tensor, pad: int, generator: torch.Generator | Non
     return padded[bi, ci, rows, cols]
 
 
-def _batch_cutout(x: torch.Tensor, length: int, generator: torch.Generator | None) -> torch.Tensor:
+def batch_cutout(x: torch.Tensor, length: int, generator: torch.Generator | None) -> torch.Tensor:
+    """Cutout per image of the [B,C,H,W] batch: a `length`² square around a random centre set to 0 (clipped)."""
     b, _, h, w = x.shape
     half = length // 2
     cy = _randint(h, b, x.device, generator).view(b, 1, 1, 1)
@@ -214,12 +218,12 @@ def augment_batch(
     """
     x = images
     if crop_padding > 0:
-        x = _batch_crop(x, crop_padding, generator)
+        x = batch_crop(x, crop_padding, generator)
     if hflip:
         gen_device = generator.device if generator is not None else x.device
         flip = (torch.rand(x.shape[0], generator=generator, device=gen_device) < 0.5).to(x.device)
         x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
     out = normalize_batch(x, mean, std)
     if cutout > 0:
-        out = _batch_cutout(out, cutout, generator)
+        out = batch_cutout(out, cutout, generator)
     return out

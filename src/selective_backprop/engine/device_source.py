@@ -18,7 +18,7 @@ from typing import Any, Iterator, Sequence
 
 import torch
 
-from selective_backprop.data.transforms import _batch_crop, _batch_cutout
+from selective_backprop.data.transforms import batch_crop, batch_cutout
 from selective_backprop.engine.source import Batch, TorchSource, derive_seed
 from selective_backprop.engine.timing import PhaseTimer
 from selective_backprop.errors import ConfigError
@@ -89,13 +89,13 @@ class DeviceSource:
         """
         x = images
         if self.crop_padding > 0:
-            x = _batch_crop(x, self.crop_padding, generator)
+            x = batch_crop(x, self.crop_padding, generator)
         if self.hflip:
             flip = torch.rand(x.shape[0], generator=generator, device=self.device) < 0.5
             x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
         x = (x.to(torch.float32) / 255.0 - self.mean) / self.std
         if self.cutout > 0:
-            x = _batch_cutout(x, self.cutout, generator)
+            x = batch_cutout(x, self.cutout, generator)
         return x.contiguous(memory_format=self.memory_format)
 
     def batches(self, indices: torch.Tensor, batch_size: int, epoch: int = 0) -> Iterator[Batch]:
