@@ -37,8 +37,8 @@ from selective_backprop.errors import ConfigError
 from selective_backprop.selection import rules
 from selective_backprop.selection.packer import BatchPacker
 from selective_backprop.selection.readback import LaggedReader
-from selective_backprop.selection.selector import (PRECISIONS, SELECT_MODES, LossSelector, SeededGenerator,
-                                                   per_example_cross_entropy, selection_forward)
+from selective_backprop.selection.selector import (HISTORY, PERCENTILE, PRECISIONS, SELECT_MODES, LossSelector,
+                                                   SeededGenerator, per_example_cross_entropy, selection_forward)
 
 logger = logging.getLogger(__name__)
 
@@ -204,9 +204,9 @@ class SBStrategy(_Packing):
     name = "sb"
 
     def __init__(self, batch_size: int, seed: int = 0, *, beta: float | None = None,
-                 selectivity: float | None = None, history: int = 1024, prob_min: float = 0.0,
+                 selectivity: float | None = None, history: int = HISTORY, prob_min: float = 0.0,
                  select_batch_size: int | None = None, select_mode: str = "eval",
-                 select_precision: str = "fp32", percentile: str = "strict", prime_epochs: int = 1):
+                 select_precision: str = "fp32", percentile: str = PERCENTILE, prime_epochs: int = 1):
         super().__init__(batch_size, seed, beta=beta, selectivity=selectivity)
         self.history = arg.integer("history", history, 1)
         self.prob_min = arg.number("prob_min", prob_min, 0.0, 1.0)

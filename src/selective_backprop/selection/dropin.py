@@ -8,8 +8,8 @@ import torch
 
 from selective_backprop.selection import rules
 from selective_backprop.selection.packer import BatchPacker
-from selective_backprop.selection.selector import (LossFn, LossSelector, per_example_cross_entropy,
-                                                   selection_forward)
+from selective_backprop.selection.selector import (HISTORY, PERCENTILE, LossFn, LossSelector,
+                                                   per_example_cross_entropy, selection_forward)
 
 
 class SelectiveBackprop:
@@ -29,10 +29,10 @@ class SelectiveBackprop:
     per-example tensors (e.g. dataset indices) passed after `y` ride along and are yielded too.
     """
 
-    def __init__(self, beta: float | None = None, selectivity: float | None = None, history: int = 1024,
+    def __init__(self, beta: float | None = None, selectivity: float | None = None, history: int = HISTORY,
                  batch_size: int = 128, seed: int = 0, prob_min: float = 0.0,
                  loss_fn: LossFn | None = None, select_mode: str = "eval", select_precision: str = "fp32",
-                 percentile: str = "strict"):
+                 percentile: str = PERCENTILE):
         self.beta, self.selectivity = rules.resolve_beta(beta, selectivity)
         if batch_size < 1:
             raise ValueError(f"batch_size={batch_size!r}: must be >= 1")

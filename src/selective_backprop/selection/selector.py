@@ -14,6 +14,9 @@ from selective_backprop.selection import rules
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 SELECT_MODES = ("eval", "train")      # BatchNorm mode of the selection forward
+# SB's defaults, written once for LossSelector, the drop-in (dropin.py) and the SB strategy (engine/strategies.py)
+HISTORY = 1024                        # R: losses in the rolling CDF (the authors' code)
+PERCENTILE = "strict"                 # the authors' percentile rule (rules.batch_percentiles)
 
 
 def per_example_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -109,8 +112,8 @@ class LossSelector:
     (rules.sequential_percentiles; the project's rule before issue 11).
     """
 
-    def __init__(self, beta: float, history: int = 1024, prob_min: float = 0.0, seed: int = 0,
-                 percentile: str = "strict"):
+    def __init__(self, beta: float, history: int = HISTORY, prob_min: float = 0.0, seed: int = 0,
+                 percentile: str = PERCENTILE):
         if history < 1:
             raise ConfigError(f"strategy.history={history!r}: must be an integer >= 1")
         if not 0.0 <= prob_min <= 1.0:
