@@ -53,7 +53,8 @@ from hydra.utils import instantiate  # noqa: E402
 from selective_backprop.data import DATASET_INFO, build_data  # noqa: E402
 from selective_backprop.data.datasets import DataBundle, ImageArrayDataset  # noqa: E402
 from selective_backprop.data.transforms import build_transforms  # noqa: E402
-from selective_backprop.engine.trainer import AMP_DTYPES, Trainer  # noqa: E402
+from selective_backprop.engine.runtime import AMP_DTYPES  # noqa: E402
+from selective_backprop.engine.trainer import Trainer  # noqa: E402
 from selective_backprop.selection import rules  # noqa: E402
 from selective_backprop.selection.selector import LossSelector, selection_forward  # noqa: E402
 

@@ -15,8 +15,9 @@ import pytest
 
 from conftest import REPO, tiny_config
 from selective_backprop.engine.budget import CostWeights, cost_from_record, resolve_budget
-from selective_backprop.engine.records import read_metrics
-from selective_backprop.engine.trainer import Trainer, lr_factor
+from selective_backprop.record import read_metrics
+from selective_backprop.engine.runtime import lr_factor
+from selective_backprop.engine.trainer import Trainer
 from selective_backprop.errors import ConfigError
 from selective_backprop.train import run
 from selective_backprop.validate import validate_config
@@ -36,7 +37,7 @@ class CostTrace(Trainer):
 
     def train_step(self, batch) -> None:
         super().train_step(batch)
-        self.step_costs = getattr(self, "step_costs", []) + [self.spent_cost()]
+        self.step_costs = getattr(self, "step_costs", []) + [self.progress.cost()]
 
 
 def traced_run(run_dir: Path, root: Path, overrides: list[str], bundle) -> tuple[CostTrace, dict]:
@@ -117,14 +118,15 @@ def test_cost_budget_resumes_exactly(tmp_path, fmnist_root, fmnist_bundle, monke
     """Crash after epoch 1 of a cost-bound SB run, resume: same records (timings aside) as uninterrupted."""
     overrides = QUIET + ["strategy=sb", "train.max_epochs=null", "train.max_cost=2500"]
     run(tiny_config(fmnist_root, overrides), str(tmp_path / "ref"), fmnist_bundle)
-    original = Trainer._after_epoch
+    from selective_backprop.engine.run_state import RunState
+    original = RunState.after_epoch
 
-    def crash(self, epoch):
-        original(self, epoch)
+    def crash(self, trainer, epoch):
+        original(self, trainer, epoch)
         if epoch == 1:
             raise RuntimeError("simulated crash")
     with monkeypatch.context() as m:
-        m.setattr(Trainer, "_after_epoch", crash)
+        m.setattr(RunState, "after_epoch", crash)
         with pytest.raises(RuntimeError):
             run(tiny_config(fmnist_root, overrides), str(tmp_path / "resumed"), fmnist_bundle)
     run(tiny_config(fmnist_root, overrides), str(tmp_path / "resumed"), fmnist_bundle)

@@ -243,7 +243,7 @@ def test_stale_sb_gathers_and_augments_only_chosen_examples(tmp_path, fmnist_roo
     n = len(fmnist_bundle.train)
     assert [e for e, _ in asked] == [0, 1]
     (_, selection), (_, stale) = asked
-    kept_in_stale_epoch = round(trainer.history[1]["selected_fraction"] * n)
+    kept_in_stale_epoch = round(trainer.eval_rows[1]["selected_fraction"] * n)
     assert selection == n and stale == kept_in_stale_epoch < n
     assert sum(augmented) == n + stale             # nothing but the chosen rows was gathered
 

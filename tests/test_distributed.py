@@ -2,7 +2,7 @@
 
 `torchrun --nproc_per_node=2` (as `python -m torch.distributed.run`, on a free loopback port) trains
 Traditional, SB and Stale-SB on a Fashion-MNIST subset; each rank dumps its final state through the
-trainer's test hook (SB_TEST_RANK_STATE_DIR, outside the run dir) so the test can compare them. Also:
+test hooks (tests/hooked_train.py --rank-state-dir, outside the run dir) so the test can compare them. Also:
 a 2-job sweep through Hydra's submitit_local launcher, the Slurm launcher configs, and a K = 2 run
 preempted with SIGTERM to torchrun, refused with another K and resumed with K = 2.
 """
@@ -45,22 +45,25 @@ def free_port() -> int:
 
 
 def _env(extra: dict | None = None) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SB_TEST_", "RANK", "WORLD_SIZE",
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RANK", "WORLD_SIZE",
                                                                     "LOCAL_RANK", "MASTER_", "SUBMITIT_"))}
     env["OMP_NUM_THREADS"] = "1"
     env.update(extra or {})
     return env
 
 
-def torchrun_cmd(run_dir: str, root: Path, extra=(), nproc: int = 2) -> list[str]:
+def torchrun_cmd(run_dir: str, root: Path, extra=(), nproc: int = 2, hooks=()) -> list[str]:
+    """torchrun of `-m selective_backprop.train`, or with `hooks` of the same main() with test hooks
+    installed (tests/hooked_train.py)."""
+    entry = [str(REPO / "tests" / "hooked_train.py"), *hooks, "--"] if hooks else ["-m", "selective_backprop.train"]
     return [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
-            "--master_addr=127.0.0.1", f"--master_port={free_port()}", "-m", "selective_backprop.train",
+            "--master_addr=127.0.0.1", f"--master_port={free_port()}", *entry,
             *BASE, f"dataset.root={root}", f"hydra.run.dir={run_dir}", *extra]
 
 
-def torchrun(run_dir: str, root: Path, extra=(), env: dict | None = None) -> subprocess.CompletedProcess:
-    proc = subprocess.run(torchrun_cmd(run_dir, root, extra), cwd=REPO, env=_env(env), capture_output=True,
-                          text=True, timeout=TIMEOUT_S)
+def torchrun(run_dir: str, root: Path, extra=(), hooks=()) -> subprocess.CompletedProcess:
+    proc = subprocess.run(torchrun_cmd(run_dir, root, extra, hooks=hooks), cwd=REPO, env=_env(),
+                          capture_output=True, text=True, timeout=TIMEOUT_S)
     return proc
 
 
@@ -87,7 +90,7 @@ def dp_run(tmp_path_factory, fmnist_root):
             base = tmp_path_factory.mktemp(f"dp-{name}")
             # ${now:...%f} differs between the ranks' Hydra runs: rank 0's directory must win
             proc = torchrun(str(base / "runs" / "${now:%H-%M-%S-%f}"), fmnist_root, STRATEGIES[name],
-                            {"SB_TEST_RANK_STATE_DIR": str(base / "ranks")})
+                            hooks=("--rank-state-dir", str(base / "ranks")))
             out = proc.stdout + proc.stderr
             assert proc.returncode == 0, out[-4000:]
             run_dirs = list((base / "runs").iterdir())
@@ -162,9 +165,10 @@ def test_preempted_two_rank_run_resumes_and_another_k_is_refused(tmp_path, fmnis
     run_dir = tmp_path / "run"
     marker = tmp_path / "marker"
     log_path = tmp_path / "log.txt"
-    env = _env({"SB_TEST_PAUSE_AT": "mid_epoch:1", "SB_TEST_PAUSE_MARKER": str(marker)})
+    hooks = ("--pause-at", "mid_epoch:1", "--marker", str(marker))
     with open(log_path, "w") as log:
-        proc = subprocess.Popen(torchrun_cmd(str(run_dir), fmnist_root, STRATEGIES["sb"]), cwd=REPO, env=env,
+        proc = subprocess.Popen(torchrun_cmd(str(run_dir), fmnist_root, STRATEGIES["sb"], hooks=hooks), cwd=REPO,
+                                env=_env(),
                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             deadline = time.monotonic() + TIMEOUT_S

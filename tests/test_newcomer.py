@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import REPO, run_tiny
 from selective_backprop.data import build_data
@@ -187,14 +188,14 @@ def test_progress_auto_is_the_default_and_follows_the_terminal(monkeypatch):
     import yaml
 
     from selective_backprop.conf import CONFIG_DIR
-    from selective_backprop.engine import trainer
+    from selective_backprop.engine import progress
 
     assert yaml.safe_load(Path(CONFIG_DIR, "config.yaml").read_text())["train"]["progress"] == "auto"
-    monkeypatch.setattr(trainer.sys.stderr, "isatty", lambda: True, raising=False)
-    assert trainer.progress_mode("auto") == "bar"
-    monkeypatch.setattr(trainer.sys.stderr, "isatty", lambda: False, raising=False)
-    assert trainer.progress_mode("auto") == "line"
-    assert trainer.progress_mode(True) == "bar" and trainer.progress_mode(False) == "off"
+    monkeypatch.setattr(progress.sys.stderr, "isatty", lambda: True, raising=False)
+    assert progress.progress_mode("auto") == "bar"
+    monkeypatch.setattr(progress.sys.stderr, "isatty", lambda: False, raising=False)
+    assert progress.progress_mode("auto") == "line"
+    assert progress.progress_mode(True) == "bar" and progress.progress_mode(False) == "off"
 
 
 def test_progress_auto_off_a_terminal_logs_one_line_per_epoch(tmp_path, fmnist_root, fmnist_bundle, caplog,
@@ -282,15 +283,15 @@ def test_sweep_job_refused_by_validation_leaves_a_failed_summary(tmp_path, fmnis
 
 def test_failed_job_summary_never_overwrites_a_run(tmp_path):
     from conftest import compose_config
-    from selective_backprop.train import _write_failed_job_summary
+    from selective_backprop.train import write_failed_job_summary
 
     cfg = compose_config(["strategy=sb", "strategy.history=0"])
     held = tmp_path / "held"
     held.mkdir()
     (held / "summary.json").write_text('{"status": "completed"}')
-    _write_failed_job_summary(cfg, str(held), ConfigError("strategy.history=0: not accepted"))
+    write_failed_job_summary(cfg, str(held), ConfigError("strategy.history=0: not accepted"))
     assert (held / "summary.json").read_text() == '{"status": "completed"}'
-    _write_failed_job_summary(cfg, str(tmp_path / "fresh"), ConfigError("strategy.history=0: not accepted"))
+    write_failed_job_summary(cfg, str(tmp_path / "fresh"), ConfigError("strategy.history=0: not accepted"))
     assert json.loads((tmp_path / "fresh" / "summary.json").read_text())["status"] == "failed"
 
 
@@ -306,26 +307,6 @@ def test_huge_learning_rate_ends_diverged(tmp_path, fmnist_root, fmnist_bundle):
     assert summary["status"] == "diverged" and summary["error"]
 
 
-class _Probe:
-    """Just enough of a Trainer for _check_explosion."""
-
-    def __init__(self, factor, milestones, progress, backpropped):
-        from omegaconf import OmegaConf
-        from selective_backprop.engine.distributed import SINGLE
-        self.cfg = OmegaConf.create({"train": {"diverge_factor": factor}})
-        self.data = type("D", (), {"num_classes": 10})()
-        self.milestones, self._progress = milestones, progress
-        self.counters = type("C", (), {"steps": 7, "backpropped": backpropped})()
-        self.n_train, self.dist = 100, SINGLE
-
-    def progress(self):
-        return self._progress
-
-    def _past_first_stage(self):
-        from selective_backprop.engine.trainer import Trainer
-        return Trainer._past_first_stage(self)
-
-
 @pytest.mark.parametrize("factor,milestones,progress,backpropped,error,loss,diverged", [
     (100, [3], 1.0, 100, 0.5, 231.0, True),     # > 100 x ln 10 = 230.26
     (100, [3], 1.0, 100, 0.5, 229.0, False),
@@ -339,14 +320,17 @@ class _Probe:
     (None, [3], 3.0, 300, 0.90, 1e19, False),   # null: off
 ])
 def test_explosion_rule(factor, milestones, progress, backpropped, error, loss, diverged):
-    from selective_backprop.engine.trainer import DivergedError, Trainer
+    """DivergenceGuard.check_eval on a 100-example, 10-class run at `progress` epochs."""
+    from selective_backprop.engine.control import DivergedError, DivergenceGuard
+    from selective_backprop.engine.distributed import SINGLE
 
-    probe = _Probe(factor, milestones, progress, backpropped)
+    guard = DivergenceGuard(factor, 10, milestones, 100, torch.device("cpu"), SINGLE)
+    where = {"steps": 7, "epochs": progress, "backpropped": backpropped}
     if diverged:
         with pytest.raises(DivergedError, match="diverge_factor"):
-            Trainer._check_explosion(probe, error, loss)
+            guard.check_eval(error, loss, **where)
     else:
-        Trainer._check_explosion(probe, error, loss)
+        guard.check_eval(error, loss, **where)
 
 
 # ------------------------------------------------------------------------ point 10: NaN seed in Table 1

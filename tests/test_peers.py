@@ -16,7 +16,6 @@ import torch
 from omegaconf import OmegaConf
 from scipy import stats
 from torch import nn
-from torch.utils.data import Dataset
 
 from conftest import compose_config, run_tiny
 from selective_backprop.engine.peers import ComposerSB, InfoBatch, composer_rank_probabilities, should_select
@@ -352,7 +351,7 @@ def test_infobatch_end_to_end(tmp_path, fmnist_root, small_bundle):
     snap = trainer.counters.snapshot()
     assert snap["considered"] == 2 * N and snap["select_forwarded"] == 0
     assert snap["backpropped"] == 2 * N - ib.last_epoch["pruned"]
-    assert [row["examples_considered"] for row in trainer.history] == [N, 2 * N]
+    assert [row["examples_considered"] for row in trainer.eval_rows] == [N, 2 * N]
     assert summary["strategy"] == "infobatch"
     assert summary["strategy_params"] == {"prune_ratio": 0.5, "anneal": 0.125}
     assert not torch.isnan(ib.scores).any()                 # every example trained in epoch 0

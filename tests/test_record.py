@@ -22,7 +22,7 @@ def test_record_module_is_torch_free():
                 for alias in node.names}
     imported |= {node.module.split(".")[0] for node in ast.walk(tree)
                  if isinstance(node, ast.ImportFrom) and node.module}
-    assert imported <= {"__future__", "enum", "hashlib", "json", "logging", "os", "pathlib", "typing"}, imported
+    assert imported <= {"__future__", "dataclasses", "enum", "hashlib", "json", "logging", "os", "pathlib", "typing"}, imported
 
 
 @pytest.mark.parametrize("pattern", [r'"summary\.json"', r'"metrics\.jsonl"', r'"checkpoint\.pt"',

@@ -1,8 +1,8 @@
 """Checkpoints, exact resume after SIGKILL / SIGTERM / SIGINT, and failures during a run.
 
 Real Fashion-MNIST subsets on the CPU with deterministic=true. The CLI tests start
-`python -m selective_backprop.train` in a subprocess and stop it at chosen points through the trainer's
-test hook (SB_TEST_PAUSE_AT=<point>:<epoch> writes SB_TEST_PAUSE_MARKER, then sleeps until signalled).
+`python -m selective_backprop.train` in a subprocess, and stop it at chosen points through test hooks
+(tests/hooked_train.py --pause-at <point>:<epoch> writes a marker file, then sleeps until signalled).
 """
 
 from __future__ import annotations
@@ -22,8 +22,10 @@ import torch
 
 from conftest import REPO, tiny_config
 from selective_backprop.engine.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
-from selective_backprop.engine.records import read_metrics
-from selective_backprop.engine.trainer import PREEMPTION, DivergedError, Preempted, Trainer
+from selective_backprop.record import read_metrics
+from selective_backprop.engine.evaluation import Evaluator
+from selective_backprop.engine.run_state import RunState
+from selective_backprop.engine.trainer import PREEMPTION, DivergedError, Preempted
 from selective_backprop.errors import ConfigError
 from selective_backprop.train import install_preemption_handlers, run
 
@@ -80,15 +82,17 @@ def _clear_preemption():
 # --------------------------------------------------------------------------------------- CLI runs
 
 def _cli_env(extra: dict | None = None) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SB_TEST_")}
+    env = dict(os.environ)
     env["OMP_NUM_THREADS"] = "1"       # the same on every run, and kind to a busy machine
     env.update(extra or {})
     return env
 
 
-def _cli(run_dir: Path, root: Path, extra=()) -> list[str]:
-    return [sys.executable, "-m", "selective_backprop.train", *CLI_BASE, f"dataset.root={root}",
-            f"hydra.run.dir={run_dir}", *extra]
+def _cli(run_dir: Path, root: Path, extra=(), hooks=()) -> list[str]:
+    """The CLI (`python -m selective_backprop.train`), or with `hooks` the same main() with test hooks
+    installed (tests/hooked_train.py)."""
+    entry = [str(REPO / "tests" / "hooked_train.py"), *hooks, "--"] if hooks else ["-m", "selective_backprop.train"]
+    return [sys.executable, *entry, *CLI_BASE, f"dataset.root={root}", f"hydra.run.dir={run_dir}", *extra]
 
 
 def cli_run(run_dir: Path, root: Path, extra=()) -> subprocess.CompletedProcess:
@@ -101,9 +105,9 @@ def cli_interrupt(run_dir: Path, root: Path, point: str, sig: int, extra=(), che
     marker = run_dir.parent / f"marker-{point.replace(':', '-')}"
     marker.unlink(missing_ok=True)
     log_path = run_dir.parent / f"log-{point.replace(':', '-')}-{sig}.txt"
-    env = _cli_env({"SB_TEST_PAUSE_AT": point, "SB_TEST_PAUSE_MARKER": str(marker)})
+    hooks = ("--pause-at", point, "--marker", str(marker))
     with open(log_path, "w") as log:
-        proc = subprocess.Popen(_cli(run_dir, root, extra), cwd=REPO, env=env, stdout=log,
+        proc = subprocess.Popen(_cli(run_dir, root, extra, hooks), cwd=REPO, env=_cli_env(), stdout=log,
                                 stderr=subprocess.STDOUT)
         try:
             deadline = time.monotonic() + 400
@@ -241,10 +245,10 @@ def references(tmp_path_factory, fmnist_root, small_bundle):
 
 
 def _crash_after(epoch_to_crash: int):
-    original = Trainer._after_epoch
+    original = RunState.after_epoch
 
-    def after_epoch(self, epoch):
-        original(self, epoch)
+    def after_epoch(self, trainer, epoch):
+        original(self, trainer, epoch)
         if epoch == epoch_to_crash:
             raise RuntimeError("simulated crash")
     return after_epoch
@@ -256,7 +260,7 @@ def test_resume_is_exact_for_every_strategy(name, tmp_path, fmnist_root, small_b
     cfg = tiny_config(fmnist_root, INPROC_BASE + STRATEGIES[name])
     run_dir = tmp_path / "run"
     with monkeypatch.context() as m:
-        m.setattr(Trainer, "_after_epoch", _crash_after(1))
+        m.setattr(RunState, "after_epoch", _crash_after(1))
         with pytest.raises(RuntimeError, match="simulated crash"):
             run(cfg, str(run_dir), small_bundle)
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -279,18 +283,18 @@ def test_sigint_at_epoch_boundary_checkpoints_and_resumes(tmp_path, fmnist_root,
     cfg = tiny_config(fmnist_root, INPROC_BASE + STRATEGIES["sb"] + ["train.eval_every=1",
                                                                      "train.checkpoint_every=5"])
     run_dir = tmp_path / "run"
-    original = Trainer.evaluate
+    original = Evaluator.evaluate
 
-    def evaluate(self):
-        if not self.history:
+    def evaluate(self, model):
+        if not self.rows:
             os.kill(os.getpid(), signal.SIGINT)
-        return original(self)
+        return original(self, model)
 
     saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         install_preemption_handlers()
         with monkeypatch.context() as m:
-            m.setattr(Trainer, "evaluate", evaluate)
+            m.setattr(Evaluator, "evaluate", evaluate)
             with pytest.raises(Preempted, match="SIGINT.*holds epoch 1"):
                 run(cfg, str(run_dir), small_bundle)
     finally:
@@ -310,13 +314,13 @@ def test_sigint_at_epoch_boundary_checkpoints_and_resumes(tmp_path, fmnist_root,
 def test_divergence_keeps_the_records_so_far(tmp_path, fmnist_root, small_bundle, monkeypatch):
     """The loss turns non-finite in epoch 2: summary.json says diverged, epoch 1's row and checkpoint stay."""
     cfg = tiny_config(fmnist_root, INPROC_BASE + ["train.eval_every=1"])
-    original = Trainer._after_epoch
+    original = RunState.after_epoch
 
-    def after_epoch(self, epoch):
-        original(self, epoch)
-        self.base_lr = 1e6            # from epoch 2 on
+    def after_epoch(self, trainer, epoch):
+        original(self, trainer, epoch)
+        trainer.base_lr = 1e6            # from epoch 2 on
 
-    monkeypatch.setattr(Trainer, "_after_epoch", after_epoch)
+    monkeypatch.setattr(RunState, "after_epoch", after_epoch)
     run_dir = tmp_path / "run"
     with pytest.raises(DivergedError, match="non-finite"):
         run(cfg, str(run_dir), small_bundle)

@@ -163,7 +163,7 @@ def test_train_precision_amp_end_to_end(tmp_path, fmnist_root, fmnist_bundle, st
     assert summary["status"] == "completed"
     assert trainer.amp_dtype == {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     assert trainer.scaler.is_enabled() == (precision == "fp16")                # loss scaling for fp16 only
-    assert math.isfinite(trainer.history[-1]["train_loss"])
+    assert math.isfinite(trainer.eval_rows[-1]["train_loss"])
     assert next(trainer.model.parameters()).dtype == torch.float32          # AMP keeps fp32 weights
 
 

@@ -19,7 +19,6 @@ import torch
 from omegaconf import OmegaConf
 from scipy import stats
 from torch import nn
-from torch.utils.data import Dataset
 
 from conftest import compose_config, run_tiny, tiny_config
 from selective_backprop.engine.source import TorchSource
@@ -329,7 +328,7 @@ def _check_packing_counters(trainer):
 
 def test_traditional_counters(runs):
     trainer, summary = runs("traditional")
-    for row in trainer.history:
+    for row in trainer.eval_rows:
         assert row["examples_backpropped"] == row["examples_considered"] == row["examples_forwarded"] == N
         assert row["selected_fraction"] == 1.0
     assert summary["steps"] == N // B and summary["examples_backpropped"] == N
@@ -339,8 +338,8 @@ def test_traditional_counters(runs):
 def test_sb_counters(runs):
     """SB: every considered example gets a selection forward; forwarded = considered + backpropped."""
     trainer, summary = runs("sb")
-    assert [row["examples_considered"] for row in trainer.history] == [N, 2 * N]
-    for row in trainer.history:
+    assert [row["examples_considered"] for row in trainer.eval_rows] == [N, 2 * N]
+    for row in trainer.eval_rows:
         assert row["examples_forwarded"] == row["examples_considered"] + row["examples_backpropped"]
         assert row["examples_backpropped"] % B == 0
     _check_packing_counters(trainer)
@@ -349,10 +348,10 @@ def test_sb_counters(runs):
     params = summary["strategy_params"]
     assert params["beta"] == 2.0 and params["selectivity"] == pytest.approx(1 / 3)
     assert params["history"] == 1024 and params["select_batch_size"] == B
-    assert summary["examples_forwarded"] == trainer.history[-1]["examples_forwarded"]
+    assert summary["examples_forwarded"] == trainer.eval_rows[-1]["examples_forwarded"]
     # the run record on disk holds the same rows
     rows = [json.loads(line) for line in (trainer.recorder.metrics_path).read_text().splitlines()]
-    assert [r["examples_forwarded"] for r in rows] == [r["examples_forwarded"] for r in trainer.history]
+    assert [r["examples_forwarded"] for r in rows] == [r["examples_forwarded"] for r in trainer.eval_rows]
 
 
 def test_sb_kept_share_is_selectivity(runs):
@@ -397,10 +396,10 @@ def stale_run(tmp_path_factory, fmnist_root, small_bundle):
 def test_stale_sb_selection_forwards_only_every_nth_epoch(stale_run):
     """Selection epochs (0, 3) forward all N + the backpropped; stale epochs forward only what is trained."""
     trainer, summary, _ = stale_run
-    assert len(trainer.history) == 6
-    assert _per_epoch(trainer.history, "examples_considered") == [N] * 6
-    forwarded = _per_epoch(trainer.history, "examples_forwarded")
-    backpropped = _per_epoch(trainer.history, "examples_backpropped")
+    assert len(trainer.eval_rows) == 6
+    assert _per_epoch(trainer.eval_rows, "examples_considered") == [N] * 6
+    forwarded = _per_epoch(trainer.eval_rows, "examples_forwarded")
+    backpropped = _per_epoch(trainer.eval_rows, "examples_backpropped")
     assert [f - b for f, b in zip(forwarded, backpropped)] == [N, 0, 0, N, 0, 0]
     assert trainer.counters.select_forwarded == 2 * N
     assert summary["strategy_params"]["staleness"] == 3
@@ -416,7 +415,7 @@ def test_stale_sb_stale_epochs_rerank_stored_losses(stale_run):
     """
     trainer, _, starts = stale_run
     strategy = trainer.strategy
-    assert trainer.history[0]["selected_fraction"] == 1.0
+    assert trainer.eval_rows[0]["selected_fraction"] == 1.0
     for epoch in (1, 2, 4, 5):
         table, selector, ctx = starts[epoch]
         assert bool(torch.isfinite(table).all())
@@ -426,7 +425,7 @@ def test_stale_sb_stale_epochs_rerank_stored_losses(stale_run):
             p = selector.probabilities(table[chunk])
             masks.append(rules.draw(p, selector.generator.get(p.device)))
         kept = int(torch.cat(masks).sum())
-        assert trainer.history[epoch]["selected_fraction"] == pytest.approx(kept / N), epoch
+        assert trainer.eval_rows[epoch]["selected_fraction"] == pytest.approx(kept / N), epoch
         assert 0 < kept < N
     assert not torch.equal(starts[1][0], starts[2][0]) and not torch.equal(starts[4][0], starts[5][0])
 
@@ -436,18 +435,18 @@ def test_stale_sb_staleness_one_is_sb(runs):
     stale, stale_summary = runs("stale1")
     sb, _ = runs("sb")
     keys = ("examples_forwarded", "examples_backpropped", "examples_considered", "selected_fraction", "step")
-    assert [[r[k] for k in keys] for r in stale.history] == [[r[k] for k in keys] for r in sb.history]
-    forwarded = _per_epoch(stale.history, "examples_forwarded")
-    backpropped = _per_epoch(stale.history, "examples_backpropped")
+    assert [[r[k] for k in keys] for r in stale.eval_rows] == [[r[k] for k in keys] for r in sb.eval_rows]
+    forwarded = _per_epoch(stale.eval_rows, "examples_forwarded")
+    backpropped = _per_epoch(stale.eval_rows, "examples_backpropped")
     assert [f - b for f, b in zip(forwarded, backpropped)] == [N, N]
     assert stale_summary["strategy_params"]["staleness"] == 1
 
 
 def test_kath18_end_to_end_counters(runs):
     trainer, summary = runs("kath18")
-    assert _per_epoch(trainer.history, "examples_considered") == [N, N]
+    assert _per_epoch(trainer.eval_rows, "examples_considered") == [N, N]
     snap = trainer.counters.snapshot()
-    for row in trainer.history:
+    for row in trainer.eval_rows:
         assert row["examples_backpropped"] <= row["examples_considered"]
         assert row["examples_forwarded"] >= row["examples_backpropped"]
         assert 0 < row["selected_fraction"] <= 1
@@ -474,13 +473,13 @@ def test_kath18_end_to_end_importance_path(tmp_path, fmnist_root, small_bundle):
     trainer.strategy.load_state_dict({"tau": 100.0, "generator": SeededGenerator(0).state_dict(),
                                       "importance_steps": 0, "uniform_steps": 0})
     trainer.fit()
-    assert _per_epoch(trainer.history, "examples_considered") == [N, N]
-    assert _per_epoch(trainer.history, "examples_backpropped") == [3 * B, 3 * B]
-    assert _per_epoch(trainer.history, "examples_forwarded") == [N + 3 * B, N + 3 * B]
-    assert [r["selected_fraction"] for r in trainer.history] == [3 * B / N] * 2
+    assert _per_epoch(trainer.eval_rows, "examples_considered") == [N, N]
+    assert _per_epoch(trainer.eval_rows, "examples_backpropped") == [3 * B, 3 * B]
+    assert _per_epoch(trainer.eval_rows, "examples_forwarded") == [N + 3 * B, N + 3 * B]
+    assert [r["selected_fraction"] for r in trainer.eval_rows] == [3 * B / N] * 2
     assert trainer.strategy.importance_steps == 6 and trainer.strategy.uniform_steps == 0
     assert trainer.strategy.gate_open()
-    assert all(math.isfinite(r["train_loss"]) for r in trainer.history)
+    assert all(math.isfinite(r["train_loss"]) for r in trainer.eval_rows)
 
 
 def test_uniform_end_to_end(runs):
@@ -490,7 +489,7 @@ def test_uniform_end_to_end(runs):
     """
     trainer, summary = runs("uniform")
     s = 0.5
-    for row in trainer.history:
+    for row in trainer.eval_rows:
         assert row["examples_forwarded"] == row["examples_backpropped"]
         assert abs(row["selected_fraction"] - s) < 5 * math.sqrt(s * (1 - s) / N)
     snap = trainer.counters.snapshot()

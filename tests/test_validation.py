@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 from conftest import CONF, REPO, compose_config, tiny_config
 from selective_backprop.data.fashion_mnist_debian import IDX_FILES, raw_folder
 from selective_backprop.engine.checkpoint import save_checkpoint
-from selective_backprop.engine.records import config_key
+from selective_backprop.record import config_key
 from selective_backprop.errors import ConfigError, DataError
 from selective_backprop.train import run
 from selective_backprop.validate import validate_config

@@ -3,8 +3,9 @@
 A run directory holds ``metrics.jsonl`` (one JSON line per evaluation), ``summary.json`` (written
 atomically), ``checkpoint.pt`` and ``tb/`` (TensorBoard). This module owns those names, the run
 statuses, the phase names, the configuration key, the atomic writer, the one metrics reader and the
-summary builder, so the writer (engine/recorder.py), the reader (analysis/runs.py), validation, the
-entry point and the scripts agree by construction.
+summary builder, and the cost model (forward-equivalent units from the record's counters), so the
+writer (engine/writer.py), the reader (analysis/records.py), validation, the budgets, the entry point
+and the scripts agree by construction.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import hashlib
 import json
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -105,3 +107,28 @@ def write_summary(run_dir: str | os.PathLike[str], summary: dict[str, Any]) -> P
     path = Path(run_dir) / SUMMARY_FILE
     atomic_write_text(path, json.dumps(summary, indent=2, sort_keys=True) + "\n")
     return path
+
+
+# -- the cost axis (docs/run_record.md) ----------------------------------------------------------
+DEFAULT_SELECT_FORWARD = 1.0     # train.cost.select_forward: units per selection-forwarded example
+DEFAULT_TRAIN_EXAMPLE = 3.0      # train.cost.train_example: units per trained example (fwd + bwd)
+
+
+@dataclass(frozen=True)
+class CostWeights:
+    """Forward-equivalent units per selection-forwarded example and per trained (fwd + bwd) example."""
+
+    select_forward: float = DEFAULT_SELECT_FORWARD
+    train_example: float = DEFAULT_TRAIN_EXAMPLE
+
+    def cost(self, select_forwarded: int, backpropped: int) -> float:
+        return self.select_forward * select_forwarded + self.train_example * backpropped
+
+
+def cost_from_record(record: dict, weights: CostWeights = CostWeights()) -> float | None:
+    """Cost of a metrics row or summary: select-forwarded = forwarded − backpropped (every trained
+    example gets exactly one training forward). None when the counters are missing."""
+    forwarded, backpropped = record.get("examples_forwarded"), record.get("examples_backpropped")
+    if forwarded is None or backpropped is None:
+        return None
+    return weights.cost(int(forwarded) - int(backpropped), int(backpropped))

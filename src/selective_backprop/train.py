@@ -53,7 +53,7 @@ def _write_failed_summary(cfg: DictConfig, output_dir: str, err: BaseException) 
     write_summary(output_dir, summary)
 
 
-def _write_failed_job_summary(cfg: DictConfig, output_dir: str, err: BaseException) -> None:
+def write_failed_job_summary(cfg: DictConfig, output_dir: str, err: BaseException) -> None:
     """A sweep job refused before any work still leaves summary.json (status "failed", the error), so the
     analysis lists it; never where the directory already holds a run record (nothing is overwritten)."""
     run_dir = Path(output_dir)
@@ -143,7 +143,7 @@ def run(cfg: DictConfig, output_dir: str, data_bundle=None) -> float:
              trainer.device, trainer.strategy.name, trainer.strategy_params())
     if resumed is not None:
         log.info("resuming from %s: %d epochs done, %d evaluations recorded", state.checkpoint, resumed,
-                 len(trainer.history))
+                 len(trainer.eval_rows))
     summary = trainer.fit()
     if summary["status"] == Status.PREEMPTED:
         where = (f"checkpoint.pt holds epoch {trainer.saved_epoch}" if trainer.saved_epoch is not None
@@ -157,7 +157,7 @@ def run(cfg: DictConfig, output_dir: str, data_bundle=None) -> float:
 
 
 def _signal_name() -> str:
-    from selective_backprop.engine.trainer import PREEMPTION
+    from selective_backprop.engine.control import PREEMPTION
 
     return signal.Signals(PREEMPTION.signum).name if PREEMPTION.signum is not None else "?"
 
@@ -171,7 +171,7 @@ def install_preemption_handlers(repeat_grace_s: float = 0.0) -> None:
     `repeat_grace_s` of the first is taken for the same request and ignored: data-parallel workers can
     get the cluster's SIGTERM and torchrun's forwarded copy of it.
     """
-    from selective_backprop.engine.trainer import PREEMPTION
+    from selective_backprop.engine.control import PREEMPTION
 
     first: list[float] = []
 
@@ -227,7 +227,7 @@ def _hydra_main(cfg: DictConfig) -> float:
         if isinstance(err, ConfigError) and dist.is_main:
             _restore_snapshot(output_dir)           # a refused job leaves the directory as it was
             if multirun:
-                _write_failed_job_summary(cfg, output_dir, err)
+                write_failed_job_summary(cfg, output_dir, err)
         if multirun:        # Hydra's launcher marks this job failed and runs the others
             raise
         sys.exit(EXIT_DIVERGED if isinstance(err, DivergedError) else EXIT_CONFIG)

@@ -28,7 +28,8 @@ from typing import Any
 import pandas as pd
 
 from selective_backprop.errors import ConfigError
-from selective_backprop.record import FINISHED, METRICS_FILE, PHASES, SUMMARY_FILE, read_metrics  # noqa: F401
+from selective_backprop.record import (DEFAULT_SELECT_FORWARD, DEFAULT_TRAIN_EXAMPLE, FINISHED, METRICS_FILE, PHASES,
+                                       SUMMARY_FILE, CostWeights, cost_from_record, read_metrics)  # noqa: F401
 
 logger = logging.getLogger(__name__)
 
@@ -236,14 +237,12 @@ def _cost(record: dict[str, Any], config: dict[str, Any]) -> float:
     """A metrics row's or summary's ``cost``; for records made before it existed, computed from
     the counters (select-forwarded = forwarded − backpropped) with the run's ``train.cost``
     weights (defaults 1 / 3). NaN when neither is there."""
-    from selective_backprop.engine.budget import CostWeights, cost_from_record
-
     if record.get("cost") is not None:
         return _as_float(record["cost"])
     weights = ((config.get("train") or {}).get("cost") or {}) if isinstance(config, dict) else {}
     try:
-        value = cost_from_record(record, CostWeights(float(weights.get("select_forward", 1.0)),
-                                                     float(weights.get("train_example", 3.0))))
+        value = cost_from_record(record, CostWeights(float(weights.get("select_forward", DEFAULT_SELECT_FORWARD)),
+                                                     float(weights.get("train_example", DEFAULT_TRAIN_EXAMPLE))))
     except (TypeError, ValueError):
         return math.nan
     return math.nan if value is None else float(value)

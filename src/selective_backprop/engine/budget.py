@@ -24,26 +24,14 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from selective_backprop.errors import ConfigError
-from selective_backprop.record import FINISHED, SUMMARY_FILE
+from selective_backprop.record import (DEFAULT_SELECT_FORWARD, DEFAULT_TRAIN_EXAMPLE, FINISHED,  # noqa: F401
+                                       SUMMARY_FILE, CostWeights, cost_from_record)
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SELECT_FORWARD = 1.0
-DEFAULT_TRAIN_EXAMPLE = 3.0
 AXES = ("cost", "time")
 TRADITIONAL = "traditional"
 _DATASET_MACHINE_KEYS = ("root", "download")     # dataset keys that do not change what a run computes
-
-
-@dataclass(frozen=True)
-class CostWeights:
-    """Forward-equivalent units per selection-forwarded example and per trained (fwd + bwd) example."""
-
-    select_forward: float = DEFAULT_SELECT_FORWARD
-    train_example: float = DEFAULT_TRAIN_EXAMPLE
-
-    def cost(self, select_forwarded: int, backpropped: int) -> float:
-        return self.select_forward * select_forwarded + self.train_example * backpropped
 
 
 @dataclass(frozen=True)
@@ -77,15 +65,6 @@ def cost_weights(cfg: Any) -> CostWeights:
 def cost_from_counts(counts: dict, weights: CostWeights) -> float:
     """Cost of a run from its counters (Trainer._counts: global sums under data parallelism)."""
     return weights.cost(int(counts["select_forwarded"]), int(counts["backpropped"]))
-
-
-def cost_from_record(record: dict, weights: CostWeights = CostWeights()) -> float | None:
-    """Cost of a metrics row or summary: select-forwarded = forwarded − backpropped (every trained
-    example gets exactly one training forward). None when the counters are missing."""
-    forwarded, backpropped = record.get("examples_forwarded"), record.get("examples_backpropped")
-    if forwarded is None or backpropped is None:
-        return None
-    return weights.cost(int(forwarded) - int(backpropped), int(backpropped))
 
 
 def _plain(node: Any) -> Any:

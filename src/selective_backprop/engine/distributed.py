@@ -7,9 +7,9 @@ torchrun) or as K Slurm tasks of a submitit job (``hydra.launcher.tasks_per_node
 CPU. Host-side decisions (how many packed batches every rank takes, the preemption and budget flags,
 Kath18's gate) travel on a CPU gloo group as well, so they never wait for the device.
 
-With one process there is no process group and :data:`SINGLE` stands in: callers guard every
-collective behind ``dist.world_size > 1``, so a single-process run computes exactly what it did
-before data parallelism existed.
+With one process there is no process group and :data:`SINGLE` stands in: every collective is then
+the identity, `shard` returns the source and `wrap` the model, so callers have one code path and a
+single-process run computes exactly what it did before data parallelism existed.
 
 Decisions (see README "Scaling out"):
 
@@ -35,6 +35,7 @@ from typing import Any, Iterator, Sequence
 import torch
 
 from selective_backprop.engine.source import Batch, derive_seed
+from selective_backprop.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,38 @@ class Dist:
 
     def __repr__(self) -> str:
         return f"Dist(rank={self.rank}, world_size={self.world_size})"
+
+    # -- what a rank trains ----------------------------------------------------------------------
+    def shard(self, source: Any) -> Any:
+        """This rank's view of a data source (ShardedSource); the source itself in a single process."""
+        return source if self.world_size == 1 else ShardedSource(source, self.rank, self.world_size)
+
+    def wrap(self, model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+        """The module the training forward runs (DistributedDataParallel, which averages gradients over
+        ranks); the model itself in a single process. Selection and evaluation use the bare model."""
+        if self.world_size == 1:
+            return model
+        from torch.nn.parallel import DistributedDataParallel
+        return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    def local_device(self, device: torch.device) -> torch.device:
+        """`cuda` without an index means this process's current device (cuda:LOCAL_RANK under torchrun)."""
+        if device.type == "cuda" and device.index is None:
+            return torch.device("cuda", torch.cuda.current_device())
+        return device
+
+    def split_batch(self, global_batch: int) -> int:
+        """This rank's share b/K of the global batch `train.batch_size` (b itself in a single process)."""
+        k = self.world_size
+        if global_batch % k:
+            raise ConfigError(f"train.batch_size={global_batch}: not divisible by the {k} data-parallel "
+                              f"processes; accepted: a multiple of {k} (the global batch, split evenly over "
+                              f"the ranks)")
+        return global_batch // k
+
+    def share(self, count: int) -> int:
+        """This rank's share of a per-run count, rounded up (ceil(count / K); `count` in a single process)."""
+        return -(-count // self.world_size)
 
     # -- seeds ---------------------------------------------------------------------------------
     def rank_seed(self, seed: int) -> int:

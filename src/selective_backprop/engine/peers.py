@@ -131,8 +131,7 @@ class InfoBatch(Strategy):
             order, weights = self.prune(order, ctx)
         else:
             self.last_epoch = {"below_mean": 0, "pruned": 0, "kept": int(order.shape[0])}
-        if ctx.dist.world_size > 1:               # the same number of steps on every rank
-            order = order[:ctx.dist.min_int(order.shape[0])]
+        order = order[:ctx.dist.min_int(order.shape[0])]     # the same number of steps on every rank
         ctx.counters.add_kept(order.shape[0])
         log.debug("infobatch epoch %d: %s", epoch, self.last_epoch)
         tag = "full" if weights is None else "pruned"
@@ -144,9 +143,8 @@ class InfoBatch(Strategy):
         if self.scores is None:
             return
         idx, values = batch.idx, losses.float()
-        if self.dist.world_size > 1:
-            idx, _ = self.dist.all_gather_cat(idx)
-            values, _ = self.dist.all_gather_cat(values)
+        idx, _ = self.dist.all_gather_cat(idx)
+        values, _ = self.dist.all_gather_cat(values)
         self.scores[idx.to(self.scores.device)] = values.to(self.scores.device)
 
     def state_dict(self) -> dict:

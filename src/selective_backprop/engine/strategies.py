@@ -3,12 +3,13 @@
 A strategy turns one epoch of the data source into training batches; the trainer decides how to
 train on them. Strategies count what they consider, forward and keep in `ctx.counters`.
 
-Data parallel (`ctx.dist.world_size` K > 1): every rank runs its own strategy on its shard of each
-epoch, and the strategies stay in lockstep: SB's loss history is global (the selection losses are
+Data parallel: every rank runs its own strategy on its shard of each epoch, and the strategies stay
+in lockstep through `ctx.dist`'s collectives: SB's loss history is global (the selection losses are
 all-gathered, rank order), every rank emits the same number of packed batches (the minimum ready on
 any rank; the rest is carried), Stale-SB's loss table is filled from the gathered selection and
 training losses, and Kath18's τ is averaged over ranks with one agreed gate decision (per epoch or
-per step). With K = 1 none of this runs: the single-process code paths are unchanged.
+per step). Strategies have one code path and never ask for the world size: in a single process every
+collective of `Dist` is the identity (all_gather_cat returns the tensor itself at offset 0).
 
 Construction: each strategy has a typed keyword constructor, `Cls(batch_size, seed, *, key=default,
 ...)`, that validates its keywords (one-line ConfigError naming `strategy.<key>`); the defaults live
@@ -159,20 +160,13 @@ class _Packing(Strategy):
 
     def _emit(self, ctx: Context | None) -> Iterator[TrainBatch]:
         """The full batches ready; data parallel: only as many as every rank has (the rest is carried)."""
-        if ctx is None or ctx.dist.world_size == 1:
-            for idx, x, y in self.packer.pop_ready():
-                yield TrainBatch(idx, x, y)
-            return
-        agreed = ctx.dist.min_int(self.packer.ready_batches())
+        dist = SINGLE if ctx is None else ctx.dist
+        agreed = dist.min_int(self.packer.ready_batches())
         for idx, x, y in itertools.islice(self.packer.pop_ready(), agreed):
             yield TrainBatch(idx, x, y)
 
     def _train_on_chosen(self, chosen: torch.Tensor, epoch: int, ctx: Context) -> Iterator[TrainBatch]:
         """Load, augment and pack only the chosen indices (no selection forward)."""
-        if ctx.dist.world_size == 1:
-            for b in ctx.source.batches(chosen, self.batch_size, epoch):
-                yield from self._pack(b, torch.ones(b.x.shape[0], dtype=torch.bool, device=b.x.device))
-            return
         # ranks chose different numbers of examples: all take as many packing rounds as the busiest one
         rounds = ctx.dist.max_int(-(-chosen.shape[0] // self.batch_size))
         loads = ctx.source.batches(chosen, self.batch_size, epoch)
@@ -241,8 +235,6 @@ class SBStrategy(_Packing):
         rank's losses (rank order)."""
         if priming:
             return torch.ones(losses.shape, dtype=torch.bool, device=losses.device)
-        if ctx.dist.world_size == 1:
-            return self.selector.select(losses)[0]
         all_losses, offset = ctx.dist.all_gather_cat(losses)
         return self.selector.select(losses, all_losses=all_losses, offset=offset)[0]
 
@@ -321,20 +313,16 @@ class StaleSB(SBStrategy):
         """
         generator = self.selector.generator.get(order.device)
         step = self.select_batch_size
-        if ctx.dist.world_size == 1:
-            masks = [rules.draw(self.selector.probabilities(self.loss_table[chunk]), generator)
-                     for chunk in order.split(step)]
-        else:
-            all_order, offset = ctx.dist.all_gather_cat(order)
-            grid = all_order.view(ctx.dist.world_size, order.shape[0])   # equal shards (ShardedSource)
-            rank = offset // max(order.shape[0], 1)
-            masks = []
-            for start in range(0, order.shape[0], step):
-                cols = grid[:, start:start + step]
-                all_losses = self.loss_table[cols.reshape(-1)]
-                mine = all_losses[rank * cols.shape[1]:(rank + 1) * cols.shape[1]]
-                probs = self.selector.probabilities(mine, all_losses=all_losses, offset=rank * cols.shape[1])
-                masks.append(rules.draw(probs, generator))
+        all_order, offset = ctx.dist.all_gather_cat(order)
+        grid = all_order.view(-1, order.shape[0])     # one row per rank: equal shards (ShardedSource)
+        rank = offset // max(order.shape[0], 1)
+        masks = []
+        for start in range(0, order.shape[0], step):
+            cols = grid[:, start:start + step]
+            all_losses = self.loss_table[cols.reshape(-1)]
+            mine = all_losses[rank * cols.shape[1]:(rank + 1) * cols.shape[1]]
+            probs = self.selector.probabilities(mine, all_losses=all_losses, offset=rank * cols.shape[1])
+            masks.append(rules.draw(probs, generator))
         if not masks:
             return torch.zeros(0, dtype=torch.bool, device=order.device)
         return torch.cat(masks)
@@ -342,9 +330,6 @@ class StaleSB(SBStrategy):
     def _decide(self, b: Batch, losses: torch.Tensor, priming: bool, ctx: Context) -> torch.Tensor:
         """Store the selection losses (data parallel: every rank's, so the table stays global), then
         decide as SB."""
-        if ctx.dist.world_size == 1:
-            self.loss_table[b.idx] = losses
-            return super()._decide(b, losses, priming, ctx)
         all_losses, offset = ctx.dist.all_gather_cat(losses)
         all_idx, _ = ctx.dist.all_gather_cat(b.idx.to(losses.device))
         self.loss_table[all_idx] = all_losses
@@ -360,9 +345,8 @@ class StaleSB(SBStrategy):
             return
         idx = batch.idx.to(self.loss_table.device)
         losses = losses.detach().to(self.loss_table.dtype)
-        if self.dist.world_size > 1:
-            losses, _ = self.dist.all_gather_cat(losses)
-            idx, _ = self.dist.all_gather_cat(idx)
+        losses, _ = self.dist.all_gather_cat(losses)
+        idx, _ = self.dist.all_gather_cat(idx)
         self.loss_table[idx] = losses
 
     def state_dict(self) -> dict:
@@ -486,8 +470,7 @@ class Kath18(Strategy):
 
     def _update_tau(self, scores: torch.Tensor) -> None:
         estimate = rules.tau_estimate(scores)
-        if self.dist.world_size > 1:        # one global τ: the mean of the ranks' estimates
-            estimate = self.dist.mean(estimate)
+        estimate = self.dist.mean(estimate)     # one global τ: the mean of the ranks' estimates
         if self.tau is None:
             self.tau = torch.zeros((), device=scores.device)
             self._tau_reader = LaggedReader(scores.device)
@@ -498,9 +481,7 @@ class Kath18(Strategy):
         """τ > τ_th, as the host last saw τ (one update late on CUDA); data parallel: open on every rank
         or on none (the gate decides how many examples a step consumes, so ranks must agree)."""
         is_open = self._tau_reader is not None and float(self._tau_reader.value) > self.tau_th
-        if self.dist.world_size > 1:
-            return self.dist.all_true(is_open)
-        return is_open
+        return self.dist.all_true(is_open)
 
     def epoch(self, epoch: int, ctx: Context) -> Iterator[TrainBatch]:
         self.dist = ctx.dist

@@ -6,8 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from selective_backprop.record import (METRICS_FILE, SUMMARY_FILE, TB_DIR, atomic_write_text, config_key,  # noqa: F401
-                                       read_metrics, write_summary)
+from selective_backprop.record import METRICS_FILE, SUMMARY_FILE, TB_DIR, atomic_write_text, write_summary
 
 
 class RunRecorder:
@@ -46,3 +45,19 @@ class RunRecorder:
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
+
+
+class NullRecorder:
+    """The run record of a data-parallel rank r > 0: rank 0 writes it, the others write nothing."""
+
+    def start(self, rows: list[dict]) -> None:
+        pass
+
+    def log_eval(self, row: dict) -> None:
+        pass
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,64 @@
+"""`sb-train` with test hooks installed: the CLI tests' way to stop a real run at an exact point.
+
+    python tests/hooked_train.py [--pause-at POINT:EPOCH --marker FILE] [--rank-state-dir DIR] -- ARGS...
+    torchrun --nproc_per_node=2 tests/hooked_train.py [...] -- ARGS...
+
+runs `python -m selective_backprop.train ARGS...` (the same main()) with a `Hooks` object installed
+(selective_backprop.engine.hooks), so the library itself reads no test switches:
+* --pause-at mid_epoch|eval|checkpoint_write:EPOCH  at that point write FILE, then sleep until a
+  SIGTERM/SIGINT sets the preemption flag (or the test kills the process);
+* --rank-state-dir DIR  at the end of a finished run every rank saves its model state and its own
+  counters to DIR/rank<r>.pt (outside the run dir).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from selective_backprop.engine import hooks
+from selective_backprop.engine.control import PREEMPTION
+
+
+class TestHooks(hooks.Hooks):
+    def __init__(self, pause_at: str | None, marker: str | None, rank_state_dir: str | None,
+                 pause_s: float = 600.0):
+        self.pause_at, self.marker, self.rank_state_dir, self.pause_s = pause_at, marker, rank_state_dir, pause_s
+
+    def pause(self, point: str, epoch: int) -> None:
+        if self.pause_at != f"{point}:{epoch}":
+            return
+        if self.marker:
+            Path(self.marker).write_text(f"{point}:{epoch} pid {os.getpid()}\n")
+        deadline = time.monotonic() + self.pause_s
+        while time.monotonic() < deadline and not PREEMPTION.requested:
+            time.sleep(0.05)
+
+    def run_finished(self, trainer) -> None:
+        if self.rank_state_dir:
+            Path(self.rank_state_dir).mkdir(parents=True, exist_ok=True)
+            torch.save({"model": trainer.model.state_dict(), "counters": trainer.counters.snapshot()},
+                       Path(self.rank_state_dir) / f"rank{trainer.dist.rank}.pt")
+
+
+def main() -> None:
+    argv = sys.argv[1:]
+    split = argv.index("--") if "--" in argv else len(argv)
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--pause-at")
+    ap.add_argument("--marker")
+    ap.add_argument("--rank-state-dir")
+    args = ap.parse_args(argv[:split])
+    hooks.install(TestHooks(args.pause_at, args.marker, args.rank_state_dir))
+    sys.argv = [sys.argv[0], *argv[split + 1:]]
+    from selective_backprop.train import main as train_main
+    train_main()
+
+
+if __name__ == "__main__":
+    main()
