@@ -48,16 +48,23 @@ report-paper:  ## Table 1, Pareto frontiers and figures from multirun/paper into
 	$(PY) scripts/plot_pareto.py multirun/paper --out $(PAPER_OUT)
 	$(PY) scripts/plot_figures.py multirun/paper --out $(PAPER_OUT)/figures
 
-reproduce-table1-cpu:  ## the same pipeline at CPU scale on real Fashion-MNIST (~1 h on 2 cores) into results/fashion_mnist_cpu/
-	$(PY) -m selective_backprop.train -m sweep=table1_fashion_mnist_cpu hydra.sweep.dir=multirun/fashion_mnist_cpu $(SWEEP_ARGS)
-	rm -rf $(RUNS_CPU)/runs
-	$(PY) scripts/collect_runs.py multirun/fashion_mnist_cpu $(RUNS_CPU)/runs
+T1_CPU_OUT := multirun/table1_cpu
+
+reproduce-table1-cpu:  ## CPU-scale Table 1 + peers + Fig 11-13 runs on real Fashion-MNIST (~2.5 h on 2 cores), then report-cpu
+	PYTHON=$(PY) bash scripts/table1_cpu.sh $(T1_CPU_OUT)
+	rm -rf $(RUNS_CPU)/runs $(RUNS_CPU)/sweeps
+	$(PY) scripts/collect_runs.py $(T1_CPU_OUT)/runs $(RUNS_CPU)/runs
+	$(PY) scripts/collect_runs.py $(T1_CPU_OUT)/sweeps $(RUNS_CPU)/sweeps
 	$(MAKE) report-cpu
 
-report-cpu:  ## Table 1, Pareto frontiers, figures (and Fig 5) from results/fashion_mnist_cpu/runs
+report-cpu:  ## Table 1 (time, cost), strategy comparison, Pareto, figures from results/fashion_mnist_cpu/{runs,sweeps}
 	$(PY) scripts/make_table1.py $(RUNS_CPU)/runs --out $(RUNS_CPU)
+	$(PY) scripts/make_table1.py $(RUNS_CPU)/runs --axis cost --out $(RUNS_CPU)/cost_axis
+	$(PY) scripts/compare_strategies.py $(RUNS_CPU)/runs --out $(RUNS_CPU)
 	$(PY) scripts/plot_pareto.py $(RUNS_CPU)/runs --out $(RUNS_CPU)
-	$(PY) scripts/plot_figures.py $(RUNS_CPU)/runs --out $(RUNS_CPU)/figures
+	$(PY) scripts/plot_pareto.py $(RUNS_CPU)/runs --axis cost --out $(RUNS_CPU)/cost_axis
+	$(PY) scripts/plot_figures.py $(RUNS_CPU)/runs --which fig1,fig6,fig7 --out $(RUNS_CPU)/figures
+	$(PY) scripts/plot_figures.py $(RUNS_CPU)/runs $(RUNS_CPU)/sweeps --which fig11,fig12,fig13 --out $(RUNS_CPU)/figures
 	$(PY) scripts/gradient_similarity.py --subset 6000 --epochs 2 --every 10 --out $(RUNS_CPU)/figures
 
 REGIME_OUT := multirun/regime

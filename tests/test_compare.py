@@ -1,0 +1,106 @@
+"""The strategy comparison (analysis/compare.py, scripts/compare_strategies.py) on hand-made run
+records with known answers: configurations of one strategy stay apart, speedups and spreads follow
+Table 1's definitions, the uniform ratio and the seed statistics are right."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from selective_backprop.analysis.compare import compare_markdown, compare_table, config_label
+from selective_backprop.analysis.records import load_runs
+
+from conftest import REPO
+
+
+def _write_run(root: Path, name: str, strategy: str, seed: int, costs: list[float], errors: list[float],
+               params: dict | None = None, backpropped: int = 0) -> None:
+    run = root / name
+    run.mkdir(parents=True)
+    config = {"seed": seed, "dataset": {"name": "fashion_mnist", "subset": 1000,
+                                        "augment": {"crop_padding": 0, "hflip": False, "cutout": 0}},
+              "model": {"name": "resnet8", "width": 16}, "lr_schedule": {"name": "fashion_mnist_e30"},
+              "strategy": {"name": strategy, **(params or {})}}
+    rows = [{"epoch": i + 1.0, "step": 10 * (i + 1), "train_s": c / 100, "eval_s": 1.0, "cost": c,
+             "test_error": e, "test_loss": 1.0, "train_loss": 0.1, "examples_forwarded": 0,
+             "examples_backpropped": backpropped, "phase_s": {}} for i, (c, e) in enumerate(zip(costs, errors))]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    summary = {"status": "completed", "dataset": "fashion_mnist", "model": "resnet8", "strategy": strategy,
+               "lr_schedule": "fashion_mnist_e30", "seed": seed, "config": config,
+               "config_key": f"{strategy}-{json.dumps(params, sort_keys=True)}",
+               "final_test_error": errors[-1], "best_test_error": min(errors), "train_s": costs[-1] / 100,
+               "epochs": float(len(costs)), "steps": 10 * len(costs), "examples_forwarded": backpropped,
+               "examples_backpropped": backpropped, "cost": costs[-1], "strategy_params": params or {},
+               "phase_s": {}}
+    (run / "summary.json").write_text(json.dumps(summary))
+
+
+@pytest.fixture
+def runs(tmp_path: Path) -> Path:
+    root = tmp_path / "runs"
+    for seed in (0, 1):      # Traditional: final 0.20 on both seeds, reaches 0.22 (x1.1) at 600
+        _write_run(root, f"trad_s{seed}", "traditional", seed, [300, 600, 900], [0.30, 0.22, 0.20], backpropped=300)
+    # Stale-SB n=2 reaches 0.22 at 300 on both seeds (2x); n=3 at 300 / 600 (mean 450: 1.33x)
+    for seed in (0, 1):
+        _write_run(root, f"stale2_s{seed}", "stale_sb", seed, [300, 600, 900], [0.22, 0.21, 0.21],
+                   {"staleness": 2}, backpropped=100 + 20 * seed)
+    _write_run(root, "stale3_s0", "stale_sb", 0, [300, 600, 900], [0.22, 0.21, 0.21], {"staleness": 3})
+    _write_run(root, "stale3_s1", "stale_sb", 1, [300, 600, 900], [0.25, 0.22, 0.21], {"staleness": 3})
+    # uniform: reaches 0.22 at 900 on both seeds (0.67x)
+    for seed in (0, 1):
+        _write_run(root, f"uniform_s{seed}", "uniform", seed, [300, 600, 900], [0.30, 0.25, 0.22],
+                   {"selectivity": 1 / 3})
+    # SB: one seed reaches 0.22, the other never does
+    _write_run(root, "sb_s0", "sb", 0, [300, 600, 900], [0.30, 0.22, 0.22], {"selectivity": 1 / 3})
+    _write_run(root, "sb_s1", "sb", 1, [300, 600, 900], [0.30, 0.26, 0.24], {"selectivity": 1 / 3})
+    return root
+
+
+def test_configurations_stay_apart_with_their_speedups(runs: Path) -> None:
+    df = compare_table(load_runs(runs)).set_index("config")
+    assert list(df.index) == ["Traditional", "SB", "Stale-SB n=2", "Stale-SB n=3", "Uniform"]
+    n2, n3, uniform, sb = df.loc["Stale-SB n=2"], df.loc["Stale-SB n=3"], df.loc["Uniform"], df.loc["SB"]
+    assert n2["n_seeds"] == 2 and n3["n_seeds"] == 2
+    assert n2["speedup_cost_1.1"] == pytest.approx(2.0) and n2["spread_cost_1.1"] == "2.00–2.00"
+    assert n3["speedup_cost_1.1"] == pytest.approx(600 / 450) and n3["spread_cost_1.1"] == "1.00–2.00"
+    assert uniform["speedup_cost_1.1"] == pytest.approx(600 / 900)
+    assert n2["vs_uniform_cost_1.1"] == pytest.approx(2.0 / (600 / 900))
+    assert math.isnan(uniform["vs_uniform_cost_1.1"])
+    assert math.isnan(sb["speedup_cost_1.1"]) and sb["spread_cost_1.1"] == "1/2 seeds reached"
+    assert n2["backpropped"] == pytest.approx(110) and df.loc["Traditional", "backpropped"] == pytest.approx(300)
+    assert sb["final_error"] == pytest.approx(0.23) and sb["final_error_sd"] == pytest.approx(math.sqrt(2e-4))
+    md = compare_markdown(compare_table(load_runs(runs)))
+    assert "| SB | 2 | 23.00 ± 1.41 % |" in md and "– (1/2 seeds reached)" in md
+
+
+def test_config_label_names_the_distinguishing_parameter() -> None:
+    assert config_label("stale_sb", {"staleness": 3}) == "Stale-SB n=3"
+    assert config_label("sb", {"selectivity": 1 / 3}) == "SB"
+    assert config_label("sb", {"selectivity": 0.5}) == "SB s=0.5"
+    assert config_label("kath18", {"selectivity": 1 / 3}) == "Kath18"
+
+
+def test_script_writes_csv_and_markdown(runs: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "compare_strategies.py"), str(runs),
+                           "--out", str(out)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    rows = list(csv.DictReader(io.StringIO((out / "comparison.csv").read_text())))
+    assert [r["config"] for r in rows] == ["Traditional", "SB", "Stale-SB n=2", "Stale-SB n=3", "Uniform"]
+    assert float(rows[2]["speedup_cost_1.1"]) == pytest.approx(2.0)
+    assert "Stale-SB n=2" in (out / "comparison.md").read_text() and "Stale-SB n=2" in proc.stdout
+
+
+def test_script_without_a_reference_fails_in_one_line(tmp_path: Path) -> None:
+    root = tmp_path / "runs"
+    _write_run(root, "sb_s0", "sb", 0, [300], [0.3], {"selectivity": 1 / 3})
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "compare_strategies.py"), str(root),
+                           "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "Traditional" in proc.stderr.strip().splitlines()[-1]
