@@ -60,6 +60,9 @@ def test_point_label_names_every_axis() -> None:
                                                                                         "hflip": False}},
                       "model": {"name": "resnet8", "width": 8}, "lr_schedule": {"name": "fashion_mnist_e10"}})
     assert point_label(point) == "fashion_mnist n2000 resnet8-w8 fashion_mnist_e10 noaug"
+    point = point_of({"dataset": {"name": "fashion_mnist", "subset": 6000, "test_subset": 2000},
+                      "model": {"name": "resnet8", "width": 16}, "lr_schedule": {"name": "fashion_mnist_e30"}})
+    assert point_label(point) == "fashion_mnist n6000 resnet8-w16 fashion_mnist_e30 noaug test2000"
 
 
 def test_regime_table_speedups_spread_and_uniform_ratio(runs: Path) -> None:

@@ -43,15 +43,17 @@ def point_of(config: dict[str, Any]) -> dict[str, Any]:
     dataset, model = config.get("dataset") or {}, config.get("model") or {}
     return {"dataset": dataset.get("name"), "n_train": dataset.get("subset"),
             "augment": _augmented(dataset), "model": model.get("name"), "width": model.get("width"),
-            "lr_schedule": (config.get("lr_schedule") or {}).get("name")}
+            "lr_schedule": (config.get("lr_schedule") or {}).get("name"), "n_test": dataset.get("test_subset")}
 
 
 def point_label(point: dict[str, Any]) -> str:
-    """e.g. ``fashion_mnist n2000 resnet8-w16 fashion_mnist_e30 aug``."""
+    """e.g. ``fashion_mnist n2000 resnet8-w16 fashion_mnist_e30 aug`` (`` test2000`` appended when the
+    errors come from a test subset: such a point is not merged with a full-test-set one)."""
     n = "full" if point["n_train"] is None else f"n{point['n_train']}"
     width = "" if point["width"] is None else f"-w{point['width']}"
+    test = "" if point.get("n_test") is None else f" test{point['n_test']}"
     return (f"{point['dataset']} {n} {point['model']}{width} {point['lr_schedule']} "
-            f"{'aug' if point['augment'] else 'noaug'}")
+            f"{'aug' if point['augment'] else 'noaug'}{test}")
 
 
 def run_points(runset: RunSet) -> pd.DataFrame:
@@ -138,7 +140,7 @@ def regime_table(runset: RunSet, factors: Sequence[float] = REGIME_FACTORS) -> p
         if not (sub.runs["strategy"] == TRADITIONAL).any():
             continue
         meta = {k: group[k].iloc[0] for k in ("point", "dataset", "n_train", "augment", "model", "width",
-                                               "lr_schedule")}
+                                               "lr_schedule", "n_test")}
         rows.extend(_point_rows(sub, meta, factors))
     df = pd.DataFrame(rows)
     if df.empty:
