@@ -11,26 +11,17 @@ DIR/comparison.md and prints the markdown. Definitions: selective_backprop/analy
 
 from __future__ import annotations
 
-import logging
 import sys
 
-from selective_backprop.analysis.cli import fail, report_parser, setup_logging, usable_runs
+from selective_backprop.analysis.cli import report_parser, table_report
 from selective_backprop.analysis.compare import compare_markdown, compare_table, write_compare
 
 
 def main(argv: list[str] | None = None) -> int:
     args = report_parser(__doc__, include_noisy=False).parse_args(argv)
-    setup_logging(args.verbose)
-    runs = usable_runs(args.run_dirs)
-    if runs is None:
-        return 1
-    df = compare_table(runs.clean())
-    if len(df) == 0 or (df["strategy"] == "traditional").all():
-        return fail("no training setup has both a usable Traditional run and another strategy's run")
-    paths = write_compare(df, args.out)
-    print(compare_markdown(df), end="")
-    logging.getLogger("compare_strategies").info("wrote %s", ", ".join(str(p) for p in paths))
-    return 0
+    return table_report(args, "compare_strategies", compare_table, write_compare, compare_markdown,
+                        lambda df: bool((df["strategy"] != "traditional").any()) if len(df) else False,
+                        "no training setup has both a usable Traditional run and another strategy's run")
 
 
 if __name__ == "__main__":

@@ -12,30 +12,21 @@ regime_map_cost.png/.pdf, regime_map_time.png. Definitions: selective_backprop/a
 
 from __future__ import annotations
 
-import logging
 import sys
 
 import matplotlib
 
 matplotlib.use("Agg")
 
-from selective_backprop.analysis.cli import fail, report_parser, setup_logging, usable_runs  # noqa: E402
+from selective_backprop.analysis.cli import report_parser, table_report  # noqa: E402
 from selective_backprop.analysis.regime import regime_markdown, regime_table, write_regime  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
     args = report_parser(__doc__, include_noisy=False).parse_args(argv)
-    setup_logging(args.verbose)
-    runs = usable_runs(args.run_dirs)
-    if runs is None:
-        return 1
-    df = regime_table(runs.clean())
-    if df.empty:
-        return fail("no regime point has both a usable Traditional run and another strategy's run")
-    paths = write_regime(df, args.out)
-    print(regime_markdown(df), end="")
-    logging.getLogger("regime_map").info("wrote %s", ", ".join(str(p) for p in paths))
-    return 0
+    return table_report(args, "regime_map", regime_table, write_regime, regime_markdown,
+                        lambda df: not df.empty,
+                        "no regime point has both a usable Traditional run and another strategy's run")
 
 
 if __name__ == "__main__":

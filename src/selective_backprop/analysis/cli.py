@@ -1,10 +1,13 @@
-"""The command-line preamble shared by the report scripts (make_table1, plot_pareto, plot_figures)."""
+"""The command-line preamble shared by the report scripts (make_table1, plot_pareto, plot_figures,
+regime_map, compare_strategies)."""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
+from collections.abc import Callable
+from typing import Any
 
 from selective_backprop.analysis.records import NoUsableRunsError, RunSet, load_runs, require_runs
 from selective_backprop.cli_errors import check_output_dir, report_bad_input
@@ -69,3 +72,21 @@ def usable_runs(run_dirs: list[str]) -> RunSet | None:
         return None
     except ConfigError as exc:      # a bad input file: one ERROR line, exit 2
         sys.exit(report_bad_input(exc))
+
+
+def table_report(args: argparse.Namespace, name: str, build: Callable[[RunSet], Any],
+                 write: Callable[[Any, str], list], render: Callable[[Any], str],
+                 has_rows: Callable[[Any], bool], missing: str) -> int:
+    """A report script's body: load the usable runs (label-noise runs left out), build the table, fail
+    with `missing` when it has no rows, write it under args.out and print its markdown."""
+    setup_logging(args.verbose)
+    runs = usable_runs(args.run_dirs)
+    if runs is None:
+        return 1
+    df = build(runs.clean())
+    if not has_rows(df):
+        return fail(missing)
+    paths = write(df, args.out)
+    print(render(df), end="")
+    logging.getLogger(name).info("wrote %s", ", ".join(str(p) for p in paths))
+    return 0

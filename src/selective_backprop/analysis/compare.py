@@ -21,7 +21,7 @@ import pandas as pd
 
 from .records import RunSet, strategy_label, strategy_sort_key
 from .regime import REGIME_AXES, UNIFORM, _point_rows, run_points
-from .table1 import TRADITIONAL, frame_to_csv
+from .table1 import TRADITIONAL, frame_to_csv, write_texts
 
 COMPARE_FACTORS: tuple[float, ...] = (1.1, 1.2)
 # strategy parameters that tell two configurations of one strategy apart in a label
@@ -127,9 +127,4 @@ def compare_markdown(df: pd.DataFrame, factors: Sequence[float] = COMPARE_FACTOR
 
 
 def write_compare(df: pd.DataFrame, out_dir: str | Path, factors: Sequence[float] = COMPARE_FACTORS) -> list[Path]:
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = [out / "comparison.csv", out / "comparison.md"]
-    paths[0].write_text(compare_csv(df), encoding="utf-8")
-    paths[1].write_text(compare_markdown(df, factors), encoding="utf-8")
-    return paths
+    return write_texts(out_dir, {"comparison.csv": compare_csv(df), "comparison.md": compare_markdown(df, factors)})

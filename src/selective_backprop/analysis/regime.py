@@ -26,7 +26,7 @@ from matplotlib.figure import Figure
 
 from .pareto import strategy_color
 from .records import SUMMARY_FILE, RunSet, strategy_label, strategy_sort_key
-from .table1 import TRADITIONAL, frame_to_csv, speedup_column, table1
+from .table1 import TRADITIONAL, frame_to_csv, speedup_column, table1, write_texts
 
 REGIME_FACTORS: tuple[float, ...] = (1.1, 1.2)
 REGIME_AXES: tuple[str, ...] = ("cost", "time")
@@ -207,10 +207,7 @@ def plot_regime(df: pd.DataFrame, factors: Sequence[float] = REGIME_FACTORS, axi
 def write_regime(df: pd.DataFrame, out_dir: str | Path, factors: Sequence[float] = REGIME_FACTORS) -> list[Path]:
     """regime_map.csv, regime_map.md, regime_map_cost.png/.pdf and regime_map_time.png into ``out_dir``."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = [out / "regime_map.csv", out / "regime_map.md"]
-    paths[0].write_text(regime_csv(df), encoding="utf-8")
-    paths[1].write_text(regime_markdown(df, factors), encoding="utf-8")
+    paths = write_texts(out, {"regime_map.csv": regime_csv(df), "regime_map.md": regime_markdown(df, factors)})
     for axis in REGIME_AXES:
         fig = plot_regime(df, factors, axis)
         for ext in ("png", "pdf") if axis == "cost" else ("png",):

@@ -227,6 +227,16 @@ def frame_to_csv(df: pd.DataFrame, float_cols: Sequence[str]) -> str:
     return buf.getvalue()
 
 
+def write_texts(out_dir: str | Path, files: dict[str, str]) -> list[Path]:
+    """Write each {file name: text} into ``out_dir`` (created); returns the paths in order."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / name for name in files]
+    for path, text in zip(paths, files.values()):
+        path.write_text(text, encoding="utf-8")
+    return paths
+
+
 def table1_csv(df: pd.DataFrame) -> str:
     return frame_to_csv(df, [c for c in df.columns if c not in ("dataset", "strategy")])
 
