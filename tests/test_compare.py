@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from selective_backprop.analysis.compare import compare_markdown, compare_table, config_label
+from selective_backprop.analysis.compare import compare_markdown, compare_table
+from selective_backprop.analysis.regime import config_label
 from selective_backprop.analysis.records import load_runs
 
 from conftest import REPO

@@ -19,70 +19,31 @@ from typing import Any
 
 import pandas as pd
 
-from .records import RunSet, strategy_label, strategy_sort_key
-from .regime import REGIME_AXES, UNIFORM, _point_rows, run_points
+from .records import RunSet, strategy_label
+from .regime import REGIME_AXES, REGIME_FACTORS, own_stats, regime_table, run_points
 from .table1 import TRADITIONAL, frame_to_csv, write_texts
 
-COMPARE_FACTORS: tuple[float, ...] = (1.1, 1.2)
-# strategy parameters that tell two configurations of one strategy apart in a label
-LABEL_PARAMS = {"stale_sb": ("staleness", "n"), "sb": ("selectivity", "s"), "uniform": ("selectivity", "s"),
-                "infobatch": ("prune_ratio", "r"), "composer_sb": ("keep", "keep")}
-
-
-def config_label(strategy: str, params: dict[str, Any]) -> str:
-    """e.g. ``Stale-SB n=2``; SB / uniform name their selectivity only when it is not the paper's 1/3."""
-    label = strategy_label(strategy)
-    key, short = LABEL_PARAMS.get(strategy, (None, None))
-    value = params.get(key) if key else None
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return label
-    if key == "selectivity" and abs(float(value) - 1 / 3) < 1e-6:
-        return label
-    return f"{label} {short}={value:g}" if isinstance(value, float) else f"{label} {short}={value}"
-
-
-def _std(values: pd.Series) -> float:
-    values = pd.to_numeric(values, errors="coerce").dropna()
-    return float(values.std(ddof=1)) if len(values) > 1 else math.nan
+COMPARE_FACTORS: tuple[float, ...] = REGIME_FACTORS
 
 
 def compare_table(runset: RunSet, factors: Sequence[float] = COMPARE_FACTORS) -> pd.DataFrame:
     """One row per (point, configuration), Traditional first in each point; see the module docstring."""
+    df = regime_table(runset, factors)
+    if df.empty:
+        return df
     points = run_points(runset)
     runs = runset.runs
     rows: list[dict[str, Any]] = []
-    for label, group in points.groupby("point", sort=False):
-        here = runs[runs["run_dir"].isin(set(group["run_dir"]))]
-        trad = here[here["strategy"] == TRADITIONAL]
-        if trad.empty:
-            continue
-        meta = {"point": label, "lr_schedule": group["lr_schedule"].iloc[0]}
-        rows.append({**meta, "strategy": TRADITIONAL, "config": strategy_label(TRADITIONAL), **_own(trad)})
-        point_rows = []
-        for key, own in here[here["strategy"] != TRADITIONAL].groupby("config_key", sort=False):
-            sub = runset.subset(runs["run_dir"].isin(set(trad["run_dir"]) | set(own["run_dir"])))
-            (row,) = _point_rows(sub, meta, factors)
-            strategy = str(own["strategy"].iloc[0])
-            params = own.iloc[0].to_dict()
-            point_rows.append({**meta, "strategy": strategy, "config": config_label(strategy, params),
-                               **_own(own), **{k: v for k, v in row.items() if k.startswith(("speedup_", "spread_"))}})
-        uniform = [r for r in point_rows if r["strategy"] == UNIFORM]
-        for r in point_rows:
-            for f in factors:
-                u = uniform[0][f"speedup_cost_{f:g}"] if len(uniform) == 1 else math.nan
-                mine = r[f"speedup_cost_{f:g}"]
-                r[f"vs_uniform_cost_{f:g}"] = mine / u if r["strategy"] != UNIFORM and u > 0 else math.nan
-        point_rows.sort(key=lambda r: (strategy_sort_key(r["strategy"]), r["config"]))
-        rows.extend(point_rows)
-    return pd.DataFrame(rows)
-
-
-def _own(runs: pd.DataFrame) -> dict[str, Any]:
-    return {"n_seeds": len(runs), "final_error": float(runs["final_test_error"].mean()),
-            "final_error_sd": _std(runs["final_test_error"]),
-            "backpropped": float(pd.to_numeric(runs["examples_backpropped"]).mean()),
-            "cost": float(pd.to_numeric(runs["cost"]).mean()),
-            "train_s": float(pd.to_numeric(runs["train_s"]).mean())}
+    for label, g in df.groupby("point", sort=False):
+        here = set(points.loc[points["point"] == label, "run_dir"])
+        trad = runs[runs["run_dir"].isin(here) & (runs["strategy"] == TRADITIONAL)]
+        rows.append({"point": label, "lr_schedule": g["lr_schedule"].iloc[0], "strategy": TRADITIONAL,
+                     "config": strategy_label(TRADITIONAL), **own_stats(trad)})
+        rows.extend(g.to_dict("records"))
+    keep = ["point", "lr_schedule", "strategy", "config", "n_seeds", "final_error", "final_error_sd",
+            "backpropped", "cost", "train_s"]
+    out = pd.DataFrame(rows)
+    return out[keep + [c for c in out.columns if c.startswith(("speedup_", "spread_", "vs_uniform_cost"))]]
 
 
 def compare_csv(df: pd.DataFrame) -> str:

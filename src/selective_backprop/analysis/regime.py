@@ -31,6 +31,9 @@ from .table1 import TRADITIONAL, frame_to_csv, speedup_column, table1, write_tex
 REGIME_FACTORS: tuple[float, ...] = (1.1, 1.2)
 REGIME_AXES: tuple[str, ...] = ("cost", "time")
 UNIFORM = "uniform"
+# strategy parameters that tell two configurations of one strategy apart in a label
+LABEL_PARAMS = {"stale_sb": ("staleness", "n"), "sb": ("selectivity", "s"), "uniform": ("selectivity", "s"),
+                "infobatch": ("prune_ratio", "r"), "composer_sb": ("keep", "keep")}
 
 
 def _augmented(dataset: dict[str, Any]) -> bool:
@@ -102,31 +105,60 @@ def _spread(values: list[float]) -> str:
     return f"{min(values):.2f}–{max(values):.2f}"
 
 
+def config_label(strategy: str, params: dict[str, Any]) -> str:
+    """e.g. ``Stale-SB n=2``; SB / uniform name their selectivity only when it is not the paper's 1/3."""
+    label = strategy_label(strategy)
+    key, short = LABEL_PARAMS.get(strategy, (None, None))
+    value = params.get(key) if key else None
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return label
+    if key == "selectivity" and abs(float(value) - 1 / 3) < 1e-6:
+        return label
+    return f"{label} {short}={value:g}" if isinstance(value, float) else f"{label} {short}={value}"
+
+
+def _std(values: pd.Series) -> float:
+    values = pd.to_numeric(values, errors="coerce").dropna()
+    return float(values.std(ddof=1)) if len(values) > 1 else math.nan
+
+
+def own_stats(runs: pd.DataFrame) -> dict[str, Any]:
+    """Seeds, final error (mean, sd), epochs, backward passes, cost and training seconds (seed means)."""
+    def mean(col: str) -> float:
+        return float(pd.to_numeric(runs[col], errors="coerce").mean())
+    return {"n_seeds": len(runs), "final_error": mean("final_test_error"),
+            "final_error_sd": _std(runs["final_test_error"]), "epochs": mean("epochs"),
+            "backpropped": mean("examples_backpropped"), "cost": mean("cost"), "train_s": mean("train_s")}
+
+
 def _point_rows(runset: RunSet, meta: dict[str, Any], factors: Sequence[float]) -> list[dict[str, Any]]:
+    """One row per non-Traditional configuration (``config_key``) at one point: each is compared with
+    the point's Traditional runs alone, so two configurations of a strategy (Stale-SB n = 2 and 3) stay
+    apart."""
     runs = runset.runs
     trad = runs[runs["strategy"] == TRADITIONAL]
     base = {**meta, "trad_final_error": float(trad["final_test_error"].mean()),
             "trad_train_loss": _final_train_loss(runset), "trad_seeds": len(trad)}
-    per_axis = {axis: (_speedups(runset, factors, axis), _seed_speedups(runset, factors, axis))
-                for axis in REGIME_AXES}
     rows = []
-    strategies = sorted((s for s in runs["strategy"].unique() if s != TRADITIONAL), key=strategy_sort_key)
-    for strat in strategies:
-        own = runs[runs["strategy"] == strat]
-        row = {**base, "strategy": strat, "n_seeds": len(own),
-               "final_error": float(own["final_test_error"].mean()),
-               "epochs": float(own["epochs"].mean())}
-        for axis, (speed, seeds) in per_axis.items():
+    for _, own in runs[runs["strategy"] != TRADITIONAL].groupby("config_key", sort=False):
+        strat = str(own["strategy"].iloc[0])
+        sub = runset.subset(runs["run_dir"].isin(set(trad["run_dir"]) | set(own["run_dir"])))
+        row = {**base, "strategy": strat, "config": config_label(strat, own.iloc[0].to_dict()), **own_stats(own)}
+        for axis in REGIME_AXES:
+            speed, seeds = _speedups(sub, factors, axis), _seed_speedups(sub, factors, axis)
             for f in factors:
-                value = speed.get(strat, {}).get(f, math.nan)
-                row[f"speedup_{axis}_{f:g}"] = value
+                row[f"speedup_{axis}_{f:g}"] = speed.get(strat, {}).get(f, math.nan)
                 row[f"spread_{axis}_{f:g}"] = _spread(seeds.get(strat, {}).get(f, []))
-                uniform = speed.get(UNIFORM, {}).get(f, math.nan)
-                # time(uniform) / time(strategy) = speedup(strategy) / speedup(uniform); NaN when either missed
-                row[f"vs_uniform_{axis}_{f:g}"] = (value / uniform if strat != UNIFORM and uniform > 0
-                                                   else math.nan)
         rows.append(row)
-    return rows
+    uniform = [r for r in rows if r["strategy"] == UNIFORM]
+    for row in rows:
+        for axis in REGIME_AXES:
+            for f in factors:
+                u = uniform[0][f"speedup_{axis}_{f:g}"] if len(uniform) == 1 else math.nan
+                # time(uniform) / time(config) = speedup(config) / speedup(uniform); NaN when either missed
+                row[f"vs_uniform_{axis}_{f:g}"] = (row[f"speedup_{axis}_{f:g}"] / u
+                                                   if row["strategy"] != UNIFORM and u > 0 else math.nan)
+    return sorted(rows, key=lambda r: (strategy_sort_key(r["strategy"]), r["config"]))
 
 
 def regime_table(runset: RunSet, factors: Sequence[float] = REGIME_FACTORS) -> pd.DataFrame:
@@ -146,13 +178,13 @@ def regime_table(runset: RunSet, factors: Sequence[float] = REGIME_FACTORS) -> p
     if df.empty:
         return df
     df["_s"] = df["strategy"].map(lambda s: strategy_sort_key(str(s)))
-    return df.sort_values(["trad_train_loss", "point", "_s"], ascending=[False, True, True],
+    return df.sort_values(["trad_train_loss", "point", "_s", "config"], ascending=[False, True, True, True],
                           kind="stable").drop(columns="_s").reset_index(drop=True)
 
 
 def regime_csv(df: pd.DataFrame) -> str:
     floats = [c for c in df.columns if c.startswith(("speedup_", "vs_uniform_", "trad_final", "trad_train",
-                                                      "final_error", "epochs"))]
+                                                      "final_error", "epochs", "backpropped", "cost", "train_s"))]
     return frame_to_csv(df, floats)
 
 
@@ -170,7 +202,7 @@ def regime_markdown(df: pd.DataFrame, factors: Sequence[float] = REGIME_FACTORS)
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for _, r in df.iterrows():
         cells = [str(r["point"]), f"{r['trad_train_loss']:.3f}", f"{100 * r['trad_final_error']:.2f} %",
-                 strategy_label(str(r["strategy"])), str(r["n_seeds"]), f"{100 * r['final_error']:.2f} %"]
+                 str(r["config"]), str(r["n_seeds"]), f"{100 * r['final_error']:.2f} %"]
         for axis in REGIME_AXES:
             cells += [_cell(r[f"speedup_{axis}_{f:g}"], r[f"spread_{axis}_{f:g}"]) for f in factors]
         cells += ["" if math.isnan(r[f"vs_uniform_cost_{f:g}"]) else f"{r[f'vs_uniform_cost_{f:g}']:.2f}×"
@@ -189,11 +221,11 @@ def plot_regime(df: pd.DataFrame, factors: Sequence[float] = REGIME_FACTORS, axi
     fig = Figure(figsize=(5.2 * len(factors), 3.8), constrained_layout=True)
     axes = fig.subplots(1, len(factors), squeeze=False)[0]
     for ax, f in zip(axes, factors):
-        for strat, g in df.groupby("strategy", sort=False):
+        for (strat, label), g in df.groupby(["strategy", "config"], sort=False):
             x, y = g["trad_train_loss"], g[f"speedup_{axis}_{f:g}"]
             hit = y.notna()
             color = strategy_color(str(strat))
-            ax.scatter(x[hit], y[hit], color=color, label=strategy_label(str(strat)), s=36)
+            ax.scatter(x[hit], y[hit], color=color, label=str(label), s=36)
             ax.scatter(x[~hit], [0.0] * int((~hit).sum()), color=color, marker="x", s=36)
         ax.axhline(1.0, color="black", lw=0.8, ls="--")
         ax.set_xscale("log")
