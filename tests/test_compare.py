@@ -105,3 +105,10 @@ def test_script_without_a_reference_fails_in_one_line(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, str(REPO / "scripts" / "compare_strategies.py"), str(root),
                            "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1 and "Traditional" in proc.stderr.strip().splitlines()[-1]
+
+
+def test_peer_labels_name_non_default_parameters_only() -> None:
+    assert config_label("infobatch", {"prune_ratio": 0.5}) == "InfoBatch"
+    assert config_label("infobatch", {"prune_ratio": 0.3}) == "InfoBatch r=0.3"
+    assert config_label("composer_sb", {"keep": 0.5}) == "Composer-SB"
+    assert config_label("uniform", {"selectivity": 0.2}) == "Uniform s=0.2"

@@ -32,8 +32,10 @@ STRATEGY_COLORS = {
     "stale_sb": "tab:green",
     "kath18": "tab:orange",
     "uniform": "tab:purple",
+    "infobatch": "tab:red",
+    "composer_sb": "tab:brown",
 }
-_EXTRA_COLORS = ["tab:red", "tab:brown", "tab:pink", "tab:olive", "tab:cyan"]
+_EXTRA_COLORS = ["tab:pink", "tab:olive", "tab:cyan"]
 
 
 def strategy_color(name: str) -> str:

@@ -35,13 +35,15 @@ logger = logging.getLogger(__name__)
 
 USABLE_STATUSES = FINISHED
 #: canonical display order of strategies (others follow alphabetically)
-STRATEGY_ORDER = ("traditional", "sb", "stale_sb", "kath18", "uniform")
+STRATEGY_ORDER = ("traditional", "sb", "stale_sb", "kath18", "uniform", "infobatch", "composer_sb")
 STRATEGY_LABELS = {
     "traditional": "Traditional",
     "sb": "SB",
     "stale_sb": "Stale-SB",
     "kath18": "Kath18",
     "uniform": "Uniform",
+    "infobatch": "InfoBatch",
+    "composer_sb": "Composer-SB",
 }
 #: the x axes of Table 1 and the Pareto frontier: CLI name -> evaluation column
 AXES = {"time": "train_s", "time_eval": "train_eval_s", "cost": "cost"}

@@ -31,9 +31,11 @@ from .table1 import TRADITIONAL, frame_to_csv, speedup_column, table1, write_tex
 REGIME_FACTORS: tuple[float, ...] = (1.1, 1.2)
 REGIME_AXES: tuple[str, ...] = ("cost", "time")
 UNIFORM = "uniform"
-# strategy parameters that tell two configurations of one strategy apart in a label
-LABEL_PARAMS = {"stale_sb": ("staleness", "n"), "sb": ("selectivity", "s"), "uniform": ("selectivity", "s"),
-                "infobatch": ("prune_ratio", "r"), "composer_sb": ("keep", "keep")}
+# the strategy parameter that tells two configurations of a strategy apart in a label: (key, short
+# name, default); a configuration at the default is labelled by the strategy alone (None: always named)
+LABEL_PARAMS = {"stale_sb": ("staleness", "n", None), "sb": ("selectivity", "s", 1 / 3),
+                "uniform": ("selectivity", "s", 1 / 3), "infobatch": ("prune_ratio", "r", 0.5),
+                "composer_sb": ("keep", "keep", 0.5)}
 
 
 def _augmented(dataset: dict[str, Any]) -> bool:
@@ -106,13 +108,13 @@ def _spread(values: list[float]) -> str:
 
 
 def config_label(strategy: str, params: dict[str, Any]) -> str:
-    """e.g. ``Stale-SB n=2``; SB / uniform name their selectivity only when it is not the paper's 1/3."""
+    """e.g. ``Stale-SB n=2``, ``SB s=0.5``; a configuration at the strategy's default is its plain label."""
     label = strategy_label(strategy)
-    key, short = LABEL_PARAMS.get(strategy, (None, None))
+    key, short, default = LABEL_PARAMS.get(strategy, (None, None, None))
     value = params.get(key) if key else None
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return label
-    if key == "selectivity" and abs(float(value) - 1 / 3) < 1e-6:
+    if default is not None and abs(float(value) - default) < 1e-6:
         return label
     return f"{label} {short}={value:g}" if isinstance(value, float) else f"{label} {short}={value}"
 
