@@ -78,8 +78,8 @@ reproduce-regime:  ## the regime map (CPU, hours): equal-budget points on Fashio
 	  "lr_schedule=fashion_mnist_e30 dataset.subset=6000 dataset.augment.crop_padding=0 dataset.augment.hflip=false"
 	$(MAKE) report-regime
 
-report-regime:  ## regime_map.csv/md/png from multirun/regime into results/regime/
-	$(PY) scripts/regime_map.py $(REGIME_OUT) --out results/regime
+report-regime:  ## regime_map.csv/md/png from multirun/regime (+ the Table 1 runs) into results/regime/
+	$(PY) scripts/regime_map.py $(REGIME_OUT) $(RUNS_CPU)/runs --out results/regime
 
 reproduce-quick:  ## one regime point (6k images, no augmentation, 10 epochs), SB and uniform vs Traditional (~15 min)
 	bash scripts/regime_sweep.sh multirun/quick 0 sb,uniform \
