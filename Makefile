@@ -50,7 +50,7 @@ report-paper:  ## Table 1, Pareto frontiers and figures from multirun/paper into
 
 T1_CPU_OUT := multirun/table1_cpu
 
-reproduce-table1-cpu:  ## CPU-scale Table 1 + peers + Fig 11-13 runs on real Fashion-MNIST (~2.5 h on 2 cores), then report-cpu
+reproduce-table1-cpu:  ## CPU-scale Table 1 + peers + Fig 11-13 runs on real Fashion-MNIST (~2 h on 2 cores), then report-cpu
 	PYTHON=$(PY) bash scripts/table1_cpu.sh $(T1_CPU_OUT)
 	rm -rf $(RUNS_CPU)/runs $(RUNS_CPU)/sweeps
 	$(PY) scripts/collect_runs.py $(T1_CPU_OUT)/runs $(RUNS_CPU)/runs
