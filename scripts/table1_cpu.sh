@@ -2,6 +2,7 @@
 # The CPU-scale Table 1 in the best regime the regime map found (issue 14), and the runs behind the
 # staleness / label-noise / selectivity figures:
 #   scripts/table1_cpu.sh OUT          (SEEDS="0 1 2" JOBS=2 by default; make reproduce-table1-cpu)
+# EXTRA_OVERRIDES="key=value ..." is appended to every run (tests run the whole script at toy size).
 # Setup (decision): Fashion-MNIST, a seeded 6 000-image training subset, no augmentation, resnet8 width 16,
 # b = 128, SGD 0.1 Nesterov; evaluation after every epoch on one fixed 2 000-image test subset.
 # Two schedule analogues: fashion_mnist_e30 (LR /5 at 9/18/24, Traditional 30 epochs) and
@@ -22,7 +23,7 @@ jobs=${JOBS:-2}
 train=${SB_TRAIN:-"${PYTHON:-.venv/bin/python} -m selective_backprop.train"}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 base="experiment=fashion_mnist_regime dataset.subset=6000 dataset.test_subset=2000 \
-dataset.augment.crop_padding=0 dataset.augment.hflip=false device=cpu"
+dataset.augment.crop_padding=0 dataset.augment.hflip=false device=cpu ${EXTRA_OVERRIDES:-}"
 budget="train.max_epochs=null train.budget_axis=cost"
 mkdir -p "$out/logs"
 

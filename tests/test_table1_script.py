@@ -1,0 +1,57 @@
+"""scripts/table1_cpu.sh (make reproduce-table1-cpu) end to end at toy size: every run of the layout
+finishes, each borrows its schedule's Traditional cost, and the report scripts read the result."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+
+STRATEGIES = ("traditional", "sb", "stale_sb_n2", "stale_sb_n3", "kath18", "uniform", "infobatch", "composer_sb")
+SCHEDULES = ("fashion_mnist_e30", "fashion_mnist_e30_s2")
+SWEEPS = ("stale_sb_n4_s0", "sb_sel0.2_s0", "sb_sel0.5_s0", "sb_sel0.65_s0",
+          *(f"noise{p}/{s}_s0" for p in ("0.01", "0.1", "0.2") for s in ("traditional", "sb")))
+TOY = "dataset.subset=64 dataset.test_subset=64 model.width=4 train.batch_size=16 train.tensorboard=false"
+
+
+@pytest.mark.slow
+def test_table1_cpu_script_runs_the_whole_layout_at_equal_cost(tmp_path: Path) -> None:
+    out = tmp_path / "t1"
+    env = {**os.environ, "SEEDS": "0", "JOBS": "2", "OMP_NUM_THREADS": "1", "EXTRA_OVERRIDES": TOY,
+           "SB_TRAIN": f"{sys.executable} -m selective_backprop.train"}
+    proc = subprocess.run(["bash", str(REPO / "scripts" / "table1_cpu.sh"), str(out)], env=env, cwd=REPO,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0 and "FAILED" not in proc.stderr, proc.stderr[-2000:]
+    runs = {f"runs/{sch}/{s}_s0": sch for sch in SCHEDULES for s in STRATEGIES}
+    runs.update({f"sweeps/{s}": "fashion_mnist_e30" for s in SWEEPS})
+    for name, schedule in runs.items():
+        summary = json.loads((out / name / "summary.json").read_text())
+        assert summary["status"] in ("completed", "budget"), name
+        assert summary["lr_schedule"] == schedule and summary["config"]["dataset"]["subset"] == 64, name
+        if summary["strategy"] == "traditional":
+            assert summary["status"] == "completed" and summary["epochs"] == 30.0, name
+            continue
+        reference = out / Path(name).parent / "traditional_s0" / "summary.json"
+        if not reference.exists():                                  # sweeps borrow from runs/<e30>
+            reference = out / "runs" / schedule / "traditional_s0" / "summary.json"
+        budget = json.loads(reference.read_text())["cost"]
+        assert summary["budget"]["max_cost"] == budget, name
+        # stops at the first step past the budget: at most one packed batch (16 x 3) plus a selection chunk
+        assert summary["cost"] <= budget + 16 * 3 + 48, name
+        if summary["strategy"] in ("infobatch", "composer_sb"):
+            assert summary["epochs"] == 30.0, name                # their own schedule, under the cap
+        else:
+            assert summary["status"] == "budget" and summary["cost"] >= budget, name
+    report = subprocess.run([sys.executable, str(REPO / "scripts" / "compare_strategies.py"), str(out / "runs"),
+                             "--out", str(tmp_path / "report")], capture_output=True, text=True, timeout=300)
+    assert report.returncode == 0, report.stderr
+    configs = [line.split("|")[1].strip() for line in (tmp_path / "report" / "comparison.md").read_text().splitlines()
+               if line.startswith("| ") and not line.startswith("| strategy")]
+    assert configs == ["Traditional", "SB", "Stale-SB n=2", "Stale-SB n=3", "Kath18", "Uniform", "InfoBatch",
+                       "Composer-SB"] * 2
