@@ -20,7 +20,7 @@ from typing import Any
 import pandas as pd
 
 from .records import RunSet, strategy_label
-from .regime import REGIME_AXES, REGIME_FACTORS, own_stats, regime_table, run_points
+from .regime import REGIME_AXES, REGIME_FACTORS, regime_table
 from .table1 import TRADITIONAL, frame_to_csv, write_texts
 
 COMPARE_FACTORS: tuple[float, ...] = REGIME_FACTORS
@@ -31,14 +31,13 @@ def compare_table(runset: RunSet, factors: Sequence[float] = COMPARE_FACTORS) ->
     df = regime_table(runset, factors)
     if df.empty:
         return df
-    points = run_points(runset)
-    runs = runset.runs
     rows: list[dict[str, Any]] = []
     for label, g in df.groupby("point", sort=False):
-        here = set(points.loc[points["point"] == label, "run_dir"])
-        trad = runs[runs["run_dir"].isin(here) & (runs["strategy"] == TRADITIONAL)]
-        rows.append({"point": label, "lr_schedule": g["lr_schedule"].iloc[0], "strategy": TRADITIONAL,
-                     "config": strategy_label(TRADITIONAL), **own_stats(trad)})
+        first = g.iloc[0]           # every row of a point carries its Traditional reference's stats
+        trad = {k: first[f"trad_{k}"] for k in ("final_error", "final_error_sd", "epochs", "backpropped",
+                                                 "cost", "train_s")}
+        rows.append({"point": label, "lr_schedule": first["lr_schedule"], "strategy": TRADITIONAL,
+                     "config": strategy_label(TRADITIONAL), "n_seeds": first["trad_seeds"], **trad})
         rows.extend(g.to_dict("records"))
     keep = ["point", "lr_schedule", "strategy", "config", "n_seeds", "final_error", "final_error_sd",
             "backpropped", "cost", "train_s"]

@@ -139,8 +139,10 @@ def _point_rows(runset: RunSet, meta: dict[str, Any], factors: Sequence[float]) 
     apart."""
     runs = runset.runs
     trad = runs[runs["strategy"] == TRADITIONAL]
-    base = {**meta, "trad_final_error": float(trad["final_test_error"].mean()),
-            "trad_train_loss": _final_train_loss(runset), "trad_seeds": len(trad)}
+    trad_stats = own_stats(trad)
+    base = {**meta, "trad_final_error": trad_stats["final_error"], "trad_train_loss": _final_train_loss(runset),
+            "trad_seeds": trad_stats["n_seeds"],
+            **{f"trad_{k}": v for k, v in trad_stats.items() if k not in ("n_seeds", "final_error")}}
     rows = []
     for _, own in runs[runs["strategy"] != TRADITIONAL].groupby("config_key", sort=False):
         strat = str(own["strategy"].iloc[0])
@@ -186,6 +188,7 @@ def regime_table(runset: RunSet, factors: Sequence[float] = REGIME_FACTORS) -> p
 
 def regime_csv(df: pd.DataFrame) -> str:
     floats = [c for c in df.columns if c.startswith(("speedup_", "vs_uniform_", "trad_final", "trad_train",
+                                                      "trad_epochs", "trad_backpropped", "trad_cost",
                                                       "final_error", "epochs", "backpropped", "cost", "train_s"))]
     return frame_to_csv(df, floats)
 
