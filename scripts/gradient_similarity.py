@@ -26,8 +26,8 @@ sys.path.insert(0, str(REPO / "src"))
 
 from selective_backprop.data import build_data  # noqa: E402
 from selective_backprop.cli_errors import check_output_dir, exits_on_bad_input  # noqa: E402
-from selective_backprop.engine.source import TorchSource, derive_seed  # noqa: E402
-from selective_backprop.engine.timing import PhaseTimer  # noqa: E402
+from selective_backprop.sources.source import TorchSource, derive_seed  # noqa: E402
+from selective_backprop.timing import PhaseTimer  # noqa: E402
 from selective_backprop.models import build_model  # noqa: E402
 
 log = logging.getLogger("gradient_similarity")

@@ -8,7 +8,7 @@ from hydra.utils import instantiate
 
 from conftest import CONF, compose_config
 from selective_backprop.data import DATASET_INFO
-from selective_backprop.engine.strategies import build_strategy
+from selective_backprop.strategies import build_strategy
 from selective_backprop.models import build_model
 
 OPTIONS = {group: sorted(p.stem for p in (CONF / group).glob("*.yaml"))

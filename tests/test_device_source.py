@@ -14,9 +14,9 @@ import torch
 from conftest import run_tiny, tiny_config
 from selective_backprop.data.datasets import DataBundle, ImageArrayDataset
 from selective_backprop.data.transforms import augment_batch, build_transforms
-from selective_backprop.engine.device_source import DeviceSource, build_source
-from selective_backprop.engine.source import Batch, TorchSource
-from selective_backprop.engine.timing import PhaseTimer
+from selective_backprop.sources.device_source import DeviceSource, build_source
+from selective_backprop.sources.source import Batch, TorchSource
+from selective_backprop.timing import PhaseTimer
 from selective_backprop.errors import ConfigError
 
 CPU = torch.device("cpu")

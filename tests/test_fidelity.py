@@ -19,9 +19,11 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from selective_backprop import SelectiveBackprop
-from selective_backprop.engine.source import TorchSource
-from selective_backprop.engine.strategies import Context, Counters, Kath18, StaleSB, build_strategy
-from selective_backprop.engine.timing import PhaseTimer
+from selective_backprop.sources.source import TorchSource
+from selective_backprop.strategies import Context, Counters, build_strategy
+from selective_backprop.strategies.kath18 import Kath18
+from selective_backprop.strategies.stale_sb import StaleSB
+from selective_backprop.timing import PhaseTimer
 from selective_backprop.errors import ConfigError
 from selective_backprop.selection import rules
 from selective_backprop.selection.selector import LossSelector

@@ -86,7 +86,7 @@ def test_timing_fields_are_the_only_ones_dropped():
 
 
 def test_every_strategy_has_a_golden_case():
-    from selective_backprop.engine.strategies import STRATEGIES
+    from selective_backprop.strategies import STRATEGIES
     covered = {ov.split("=", 1)[1] for case in CASES.values() for ov in case if ov.startswith("strategy=")}
     assert covered == set(STRATEGIES)
     assert sorted(p.stem for p in GOLDEN.glob("*.json")) == sorted(CASES)

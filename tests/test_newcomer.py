@@ -322,7 +322,7 @@ def test_huge_learning_rate_ends_diverged(tmp_path, fmnist_root, fmnist_bundle):
 def test_explosion_rule(factor, milestones, progress, backpropped, error, loss, diverged):
     """DivergenceGuard.check_eval on a 100-example, 10-class run at `progress` epochs."""
     from selective_backprop.engine.control import DivergedError, DivergenceGuard
-    from selective_backprop.engine.distributed import SINGLE
+    from selective_backprop.distributed import SINGLE
 
     guard = DivergenceGuard(factor, 10, milestones, 100, torch.device("cpu"), SINGLE)
     where = {"steps": 7, "epochs": progress, "backpropped": backpropped}

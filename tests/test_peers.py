@@ -18,10 +18,11 @@ from scipy import stats
 from torch import nn
 
 from conftest import compose_config, run_tiny
-from selective_backprop.engine.peers import ComposerSB, InfoBatch, composer_rank_probabilities, should_select
-from selective_backprop.engine.source import TorchSource
-from selective_backprop.engine.strategies import Context, Counters, build_strategy
-from selective_backprop.engine.timing import PhaseTimer
+from selective_backprop.sources.source import TorchSource
+from selective_backprop.strategies import Context, Counters, build_strategy
+from selective_backprop.strategies.composer_sb import ComposerSB, composer_rank_probabilities, should_select
+from selective_backprop.strategies.infobatch import InfoBatch
+from selective_backprop.timing import PhaseTimer
 from selective_backprop.errors import ConfigError
 from selective_backprop.validate import validate_config
 from datagen import SyntheticImages

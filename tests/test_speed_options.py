@@ -14,9 +14,10 @@ import torch
 from torch import nn
 
 from conftest import run_tiny, tiny_config
-from selective_backprop.engine.device_source import DeviceSource
-from selective_backprop.engine.strategies import Context, Counters, SBStrategy
-from selective_backprop.engine.timing import PhaseTimer
+from selective_backprop.sources.device_source import DeviceSource
+from selective_backprop.strategies import Context, Counters
+from selective_backprop.strategies.sb import SBStrategy
+from selective_backprop.timing import PhaseTimer
 from selective_backprop.selection import rules
 from selective_backprop.selection.packer import BatchPacker
 from selective_backprop.selection.selector import LossSelector, selection_forward

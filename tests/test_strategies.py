@@ -21,10 +21,12 @@ from scipy import stats
 from torch import nn
 
 from conftest import compose_config, run_tiny, tiny_config
-from selective_backprop.engine.source import TorchSource
-from selective_backprop.engine.strategies import (Context, Counters, Kath18, StaleSB, Uniform,
-                                                  build_strategy)
-from selective_backprop.engine.timing import PhaseTimer
+from selective_backprop.sources.source import TorchSource
+from selective_backprop.strategies import Context, Counters, build_strategy
+from selective_backprop.strategies.kath18 import Kath18
+from selective_backprop.strategies.stale_sb import StaleSB
+from selective_backprop.strategies.uniform import Uniform
+from selective_backprop.timing import PhaseTimer
 from selective_backprop.errors import ConfigError
 from selective_backprop.selection import rules
 from selective_backprop.selection.selector import SeededGenerator

@@ -4,6 +4,7 @@ in validate.py builds no strategy and imports no strategy code. Also: dataset ya
 
 from __future__ import annotations
 
+import importlib
 import subprocess
 import sys
 
@@ -12,14 +13,19 @@ import yaml
 from omegaconf import OmegaConf
 
 from conftest import CONF, REPO, compose_config
+from selective_backprop import strategies
 from selective_backprop.data import DATASET_INFO
-from selective_backprop.engine import strategies
-from selective_backprop.engine.peers import ComposerSB, InfoBatch
-from selective_backprop.engine.strategies import (STRATEGIES, Kath18, SBStrategy, StaleSB, Traditional, Uniform,
-                                                  build_strategy, options)
 from selective_backprop.errors import ConfigError
 from selective_backprop.record import config_key
 from selective_backprop.selection import rules
+from selective_backprop.strategies import STRATEGIES, build_strategy, options
+from selective_backprop.strategies.composer_sb import ComposerSB
+from selective_backprop.strategies.infobatch import InfoBatch
+from selective_backprop.strategies.kath18 import Kath18
+from selective_backprop.strategies.sb import SBStrategy
+from selective_backprop.strategies.stale_sb import StaleSB
+from selective_backprop.strategies.traditional import Traditional
+from selective_backprop.strategies.uniform import Uniform
 
 NAMES = sorted(p.stem for p in (CONF / "strategy").glob("*.yaml"))
 B = 32
@@ -95,7 +101,7 @@ def test_config_without_target_builds_by_name():
 
 
 def test_target_and_name_must_agree_and_import():
-    target = "selective_backprop.engine.strategies.StaleSB"
+    target = "selective_backprop.strategies.stale_sb.StaleSB"
     assert type(build_strategy({"_target_": target}, B, 0)) is StaleSB
     with pytest.raises(ConfigError, match=r"^strategy\.name='sb' and strategy\._target_=.*StaleSB.* disagree"):
         build_strategy({"name": "sb", "_target_": target}, B, 0)
@@ -103,6 +109,31 @@ def test_target_and_name_must_agree_and_import():
         build_strategy({"name": "sb", "_target_": "selective_backprop.nowhere.X"}, B, 0)
     with pytest.raises(ConfigError, match=r"^strategy\._target_='collections\.OrderedDict'.*subclass"):
         build_strategy({"_target_": "collections.OrderedDict"}, B, 0)
+
+
+def test_old_import_paths_still_work():
+    """The paths before strategies/, sources/, distributed.py and timing.py moved out of engine/ (README
+    "Changelog"): old `_target_`s build the same classes and the old modules re-export the moved names."""
+    from selective_backprop import distributed, timing
+    from selective_backprop.engine import peers as old_peers
+    from selective_backprop.engine import strategies as old_strategies
+    from selective_backprop.sources import device_source, source
+    from selective_backprop.strategies import args, base
+
+    assert type(build_strategy({"_target_": "selective_backprop.engine.strategies.StaleSB"}, B, 0)) is StaleSB
+    assert type(build_strategy({"_target_": "selective_backprop.engine.peers.InfoBatch"}, B, 0)) is InfoBatch
+    for name in ("Context", "Counters", "Strategy", "TrainBatch", "_Packing", "_ExampleStream"):
+        assert getattr(old_strategies, name) is getattr(base, name)
+    for name, cls in STRATEGIES.items():
+        old = old_peers if name in ("infobatch", "composer_sb") else old_strategies
+        assert getattr(old, cls.__name__) is cls
+    assert (old_strategies.build_strategy, old_strategies.STRATEGIES) == (build_strategy, STRATEGIES)
+    assert old_peers.run_epochs is base.run_epochs
+    old = {"selective_backprop.engine.source": source, "selective_backprop.engine.device_source": device_source,
+           "selective_backprop.engine.distributed": distributed, "selective_backprop.engine.timing": timing,
+           "selective_backprop.engine.strategy_args": args}
+    for path, module in old.items():
+        assert importlib.import_module(path) is module, path
 
 
 def test_target_does_not_change_the_config_key():
@@ -130,8 +161,9 @@ def test_validate_imports_no_strategy_code():
             "from hydra import compose, initialize_config_dir; "
             f"initialize_config_dir(config_dir={str(CONF)!r}, version_base='1.3'); "
             "validate_config(compose(config_name='config', overrides=['strategy=kath18', 'device=cpu'])); "
-            "bad = [m for m in sys.modules if m.startswith(('selective_backprop.engine.strategies', "
-            "'selective_backprop.engine.peers', 'selective_backprop.engine.trainer'))]; "
+            "bad = [m for m in sys.modules if m.startswith(('selective_backprop.strategies', "
+            "'selective_backprop.engine.strategies', 'selective_backprop.engine.peers', "
+            "'selective_backprop.engine.trainer'))]; "
             "assert not bad, bad")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -7,7 +7,7 @@ import time
 import pytest
 import torch
 
-from selective_backprop.engine.timing import PHASES, PhaseTimer
+from selective_backprop.timing import PHASES, PhaseTimer
 
 
 def test_nested_phases_and_eval_exclusion():

@@ -10,7 +10,7 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import REPO, run_tiny
-from selective_backprop.engine.timing import PHASES
+from selective_backprop.timing import PHASES
 
 METRIC_KEYS = {"epoch": float, "step": int, "examples_forwarded": int, "examples_backpropped": int,
                "train_s": float, "phase_s": dict, "eval_s": float, "test_error": float,

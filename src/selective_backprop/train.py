@@ -15,7 +15,7 @@ In a Hydra multirun (`-m`) a failing job raises instead of exiting, so Hydra rec
 runs the remaining jobs; Hydra then reports the first failure and exits 1. Preemption stops the sweep (75).
 
 Data parallel: `torchrun --nproc_per_node=K -m selective_backprop.train ...` (or K submitit tasks per
-job) trains with DistributedDataParallel, see engine/distributed.py. Every rank runs this entry point;
+job) trains with DistributedDataParallel, see distributed.py. Every rank runs this entry point;
 they all use rank 0's output directory, and only rank 0 writes there (Hydra's own files included).
 """
 
@@ -116,7 +116,7 @@ def run(cfg: DictConfig, output_dir: str, data_bundle=None) -> float:
     already finished there. Raises Preempted when SIGTERM/SIGINT stopped it (see train.main).
     """
     from selective_backprop.engine import checkpoint as ckpt
-    from selective_backprop.engine import distributed
+    from selective_backprop import distributed
     from selective_backprop.engine.trainer import Preempted, Trainer
     from selective_backprop.validate import check_run_dir, validate_config
 
@@ -200,7 +200,7 @@ def _quiet_nonzero_rank() -> None:
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def _hydra_main(cfg: DictConfig) -> float:
     """Hydra entry: returns the final test error (what a sweeper optimises); exit codes in the module doc."""
-    from selective_backprop.engine import distributed
+    from selective_backprop import distributed
     from selective_backprop.engine.trainer import DivergedError, Preempted
 
     hydra_cfg = HydraConfig.get()
@@ -243,7 +243,7 @@ _NONZERO_RANK_HYDRA = ("hydra.output_subdir=null", "hydra/job_logging=stdout")
 def main() -> None:
     """Console entry point (`sb-train`, `python -m selective_backprop.train`): Hydra's main, after telling
     Hydra on a data-parallel rank r > 0 not to write its files (see _NONZERO_RANK_HYDRA)."""
-    from selective_backprop.engine import distributed
+    from selective_backprop import distributed
 
     if distributed.launched_world_size() > 1 and distributed.launched_rank() > 0:
         given = {arg.split("=", 1)[0].lstrip("+~") for arg in sys.argv[1:] if "=" in arg}

@@ -3,7 +3,7 @@
 `validate_config(cfg)` checks every value the run depends on and raises ConfigError with one line
 naming the field and what it accepts. It is cheap (no data, no model) and runs once, at the top of
 `train.run()`. A strategy's own parameters are the exception: its constructor checks them
-(engine/strategies.py), once, when the trainer builds it before building any data. The data files
+(strategies/), once, when the trainer builds it before building any data. The data files
 themselves are checked by `build_data` (missing folder, wrong size, bad header or shape: DataError),
 which the trainer calls before it writes anything. `check_run_dir(cfg, output_dir)` says whether the
 output directory is fresh, holds this run to resume, or holds this run already finished; it refuses a
@@ -149,13 +149,13 @@ def _check_lr_schedule(cfg: Any) -> None:
     _positive(cfg, "lr_schedule.gamma", 1.0)
 
 
-# Strategies that schedule on the run's length (engine/peers.py run_epochs).
+# Strategies that schedule on the run's length (strategies/base.py run_epochs).
 SCHEDULED_ON_MAX_EPOCHS = ("infobatch", "composer_sb")
 
 
 def _check_strategy(cfg: Any) -> None:
     """What is not the strategy's own business. Its parameters are checked once, by its constructor, when
-    the trainer builds it (engine/strategies.py build_strategy, before any data is built); this module
+    the trainer builds it (strategies/__init__.py build_strategy, before any data is built); this module
     does not import the strategies."""
     if _get(cfg, "strategy") is None:
         raise ConfigError("strategy: missing; accepted: a config group option such as strategy=sb")

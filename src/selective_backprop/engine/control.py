@@ -16,10 +16,10 @@ from typing import Callable
 
 import torch
 
+from selective_backprop.distributed import Dist
 from selective_backprop.engine.budget import Budget
-from selective_backprop.engine.distributed import Dist
-from selective_backprop.engine.strategies import Context
 from selective_backprop.record import Status
+from selective_backprop.strategies import Context
 
 
 class DivergedError(RuntimeError):

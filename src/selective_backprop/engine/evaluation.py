@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from selective_backprop.engine.control import DivergenceGuard
-from selective_backprop.engine.distributed import Dist
+from selective_backprop.distributed import Dist
 from selective_backprop.engine.hooks import Hooks
 from selective_backprop.engine.progress import RunProgress
 from selective_backprop.record import Status, build_summary

@@ -1,6 +1,6 @@
 """How far a run is: epochs done, its counters, times and cost (global sums under data parallelism).
 
-The counters themselves (engine/strategies.py `Counters`) are this process's; `RunProgress` turns them
+The counters themselves (strategies/base.py `Counters`) are this process's; `RunProgress` turns them
 into the run's numbers. Every Dist collective is the identity in a single process, so there is one path.
 """
 
@@ -9,10 +9,10 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from selective_backprop.distributed import Dist
 from selective_backprop.record import CostWeights
-from selective_backprop.engine.distributed import Dist
-from selective_backprop.engine.strategies import Counters
-from selective_backprop.engine.timing import PhaseTimer
+from selective_backprop.strategies import Counters
+from selective_backprop.timing import PhaseTimer
 
 GLOBAL_COUNTS = ("considered", "select_forwarded", "train_forwarded", "backpropped", "kept")
 

@@ -19,19 +19,47 @@ import dataclasses
 import logging
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import torch
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
+from selective_backprop.distributed import Dist
 from selective_backprop.engine import checkpoint as ckpt
+from selective_backprop.engine.budget import Budget
+from selective_backprop.engine.control import DivergenceGuard, RunControl
+from selective_backprop.engine.evaluation import Evaluator
+from selective_backprop.engine.hooks import Hooks
+from selective_backprop.engine.progress import RunProgress
 from selective_backprop.errors import ConfigError
 from selective_backprop.record import Status, config_key
-
-if TYPE_CHECKING:
-    from selective_backprop.engine.trainer import Trainer
+from selective_backprop.strategies import Counters, Strategy
+from selective_backprop.timing import PhaseTimer
 
 log = logging.getLogger(__name__)
+
+
+class TrainerState(Protocol):
+    """What RunState reads and restores of a trainer: engine/trainer.py's Trainer, named by this narrower
+    interface so that this module does not import the trainer (which imports it)."""
+
+    cfg: DictConfig
+    dist: Dist
+    device: torch.device
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: Any                  # torch.amp.GradScaler
+    strategy: Strategy
+    counters: Counters
+    timer: PhaseTimer
+    progress: RunProgress
+    evaluator: Evaluator
+    guard: DivergenceGuard
+    control: RunControl
+    hooks: Hooks
+    budget: Budget
+    next_epoch: int
+    wall_start: float
 
 
 class RunState:
@@ -46,7 +74,7 @@ class RunState:
         self.wall_offset = 0.0                  # wall seconds of the runs this one resumes
 
     # -- capture --------------------------------------------------------------------------------------
-    def capture(self, t: Trainer, finished: Status | None = None) -> dict:
+    def capture(self, t: TrainerState, finished: Status | None = None) -> dict:
         """Everything an exact resume needs, as tensors and plain types (weights_only-loadable); `finished`
         marks the final checkpoint of a run that ended (its final weights; never trained on from).
         A collective under data parallelism; ranks r > 0 get {} back."""
@@ -76,7 +104,7 @@ class RunState:
         }
 
     @staticmethod
-    def rank_state(t: Trainer) -> dict:
+    def rank_state(t: TrainerState) -> dict:
         """The part of the checkpoint that is this process's own."""
         return {
             "strategy": t.strategy.state_dict(),   # loss window, stale table, tau, pending batch, generators
@@ -89,7 +117,7 @@ class RunState:
         }
 
     # -- writing --------------------------------------------------------------------------------------
-    def after_epoch(self, t: Trainer, epoch: int) -> None:
+    def after_epoch(self, t: TrainerState, epoch: int) -> None:
         """`epoch` epochs completed: checkpoint.pt every train.checkpoint_every epochs, else a CPU copy."""
         state = self.capture(t)
         if epoch % self.every == 0:
@@ -98,20 +126,20 @@ class RunState:
         else:
             self.boundary = ckpt.to_plain(state, clone=True)
 
-    def write(self, t: Trainer, state: dict, epoch: int) -> None:
+    def write(self, t: TrainerState, state: dict, epoch: int) -> None:
         if state:
             ckpt.save_checkpoint(state, ckpt.checkpoint_path(self.output_dir),
                                  before_rename=lambda: t.hooks.pause("checkpoint_write", epoch))
         self.saved_epoch = epoch
 
-    def write_boundary(self, t: Trainer) -> None:
+    def write_boundary(self, t: TrainerState) -> None:
         """On preemption: the last completed epoch, if it is not on disk yet."""
         if self.boundary is not None:
             self.write(t, self.boundary, int(self.boundary.get("next_epoch", t.next_epoch)))
             self.boundary = None
 
     # -- restore --------------------------------------------------------------------------------------
-    def restore(self, t: Trainer, path: str | Path | None = None) -> int:
+    def restore(self, t: TrainerState, path: str | Path | None = None) -> int:
         """Restore a checkpoint (default: checkpoint.pt in the output directory) into `t`; returns its
         epoch. It must come from the same config (config_key) and seed, and from as many data-parallel
         processes as this run has (each rank restores its own part)."""

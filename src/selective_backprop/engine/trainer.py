@@ -7,7 +7,7 @@ delegates, each with its own state:
     engine/evaluation.py  the test set, evaluation rows and the summary (Evaluator)
     engine/run_state.py   checkpoint capture, restore and schedule (RunState)
     engine/writer.py      the run record's files (RunRecorder)
-Data parallelism goes through `Dist` (engine/distributed.py), whose collectives are the identity in a
+Data parallelism goes through `Dist` (distributed.py), whose collectives are the identity in a
 single process, so there is one code path.
 """
 
@@ -24,22 +24,22 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
+from selective_backprop import distributed
 from selective_backprop.engine import checkpoint as ckpt
-from selective_backprop.engine import distributed
 from selective_backprop.engine import hooks as test_hooks
 from selective_backprop.engine.budget import resolve_budget
 from selective_backprop.engine.control import (PREEMPTION, DivergedError, DivergenceGuard, Preempted,  # noqa: F401
                                                PreemptibleContext, RunControl, StopReason, StopRequested)
-from selective_backprop.engine.device_source import build_source
 from selective_backprop.engine.evaluation import Evaluator
 from selective_backprop.engine.progress import RunProgress, progress_mode
-from selective_backprop.engine.runtime import AMP_DTYPES, lr_factor, resolve_device, set_determinism  # noqa: F401
 from selective_backprop.engine.run_state import RunState
-from selective_backprop.engine.source import derive_seed
-from selective_backprop.engine.strategies import Counters, TrainBatch, build_strategy
-from selective_backprop.engine.timing import PhaseTimer
+from selective_backprop.engine.runtime import AMP_DTYPES, lr_factor, resolve_device, set_determinism  # noqa: F401
 from selective_backprop.engine.writer import NullRecorder, RunRecorder
 from selective_backprop.record import FINISHED, Status
+from selective_backprop.sources.device_source import build_source
+from selective_backprop.sources.source import derive_seed
+from selective_backprop.strategies import Counters, TrainBatch, build_strategy
+from selective_backprop.timing import PhaseTimer
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ class Trainer:
         self.n_train = len(self.source)
         self.ctx = PreemptibleContext(self.model, self.source, self.timer, self.counters, self.batch_size,
                                       self.device, dist=self.dist,
-                                      extras={"max_epochs": tcfg.get("max_epochs")})   # engine/peers.py
+                                      extras={"max_epochs": tcfg.get("max_epochs")})   # strategies/base.py run_epochs
         self.progress = RunProgress(self.counters, self.timer, self.dist, self.unit, self.n_train,
                                     self.budget.weights)
         self.control = RunControl(self.budget, self.dist)

@@ -14,7 +14,7 @@ from selective_backprop.selection import rules
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 SELECT_MODES = ("eval", "train")      # BatchNorm mode of the selection forward
-# SB's defaults, written once for LossSelector, the drop-in (dropin.py) and the SB strategy (engine/strategies.py)
+# SB's defaults, written once for LossSelector, the drop-in (dropin.py) and the SB strategy (strategies/sb.py)
 HISTORY = 1024                        # R: losses in the rolling CDF (the authors' code)
 PERCENTILE = "strict"                 # the authors' percentile rule (rules.batch_percentiles)
 

@@ -1,0 +1,134 @@
+"""Kath18: Katharopoulos & Fleuret 2018 importance sampling with variable starting, as the paper ran it."""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+
+from selective_backprop.distributed import SINGLE, Dist
+from selective_backprop.selection import rules
+from selective_backprop.selection.readback import LaggedReader
+from selective_backprop.selection.selector import PRECISIONS, SELECT_MODES, SeededGenerator
+from selective_backprop.sources.source import Batch
+from selective_backprop.strategies import args as arg
+from selective_backprop.strategies.base import Context, Strategy, TrainBatch, _ExampleStream
+
+
+class Kath18(Strategy):
+    """Katharopoulos & Fleuret 2018 with variable starting, as the paper ran it.
+
+    While τ ≤ τ_th: uniform minibatches of b. While τ > τ_th: presample B = b/s uniformly (with
+    replacement), score them in inference mode, update τ from those scores and train on b drawn
+    with replacement, p ∝ score. Not sticky. An epoch = N examples considered.
+
+    `gate_every: epoch` (default, the SelectiveBackprop authors' port): the gate is read once, at
+    the start of each epoch, and holds for the whole epoch; `step`: before every step (idiap's
+    importance-sampling ConditionalStartSampler). `score_while_closed: true` (default, the authors'
+    port): each closed-gate minibatch of b is scored by the inference-mode forward too (timed and
+    counted as select_forward) and τ learns from those scores; `false`: no scoring forward, τ learns
+    from the training forward's scores (idiap's reference, the project's behaviour before issue 11).
+    """
+
+    name = "kath18"
+
+    def __init__(self, batch_size: int, seed: int = 0, *, selectivity: float = 1 / 3, score: str = "loss",
+                 reweight: bool = False, tau_momentum: float = 0.9, select_mode: str = "eval",
+                 select_precision: str = "fp32", gate_every: str = "epoch", score_while_closed: bool = True):
+        super().__init__(batch_size, seed)
+        self.selectivity = arg.number("selectivity", selectivity, 0.0, 1.0, lo_open=True)
+        self.presample = int(round(batch_size / self.selectivity))
+        if self.presample <= batch_size:
+            arg.fail("selectivity", selectivity, f"selectivity < 1 (Kath18's presample ratio B/b = "
+                     f"{self.presample}/{batch_size} must be > 1: round(train.batch_size / selectivity) > "
+                     f"train.batch_size)")
+        self.score = arg.choice("score", score, ("loss", "gnorm"))
+        self.reweight = arg.boolean("reweight", reweight)
+        self.momentum = arg.number("tau_momentum", tau_momentum, 0.0, 1.0, hi_open=True)
+        self.select_mode = arg.choice("select_mode", select_mode, SELECT_MODES)
+        self.select_precision = arg.choice("select_precision", select_precision, tuple(PRECISIONS))
+        self.gate_every = arg.choice("gate_every", gate_every, ("epoch", "step"))
+        self.score_while_closed = arg.boolean("score_while_closed", score_while_closed)
+        self.tau_th = rules.tau_threshold(self.presample, batch_size)
+        self.tau: torch.Tensor | None = None
+        self._tau_reader: LaggedReader | None = None
+        self.generator = SeededGenerator(seed)
+        self.importance_steps = 0
+        self.uniform_steps = 0
+        self.dist: Dist = SINGLE          # set from the context each epoch
+
+    def params(self) -> dict:
+        return {"selectivity": self.selectivity, "presample": self.presample, "score": self.score,
+                "reweight": self.reweight, "tau_momentum": self.momentum, "tau_th": self.tau_th,
+                "select_mode": self.select_mode, "select_precision": self.select_precision,
+                "gate_every": self.gate_every, "score_while_closed": self.score_while_closed}
+
+    def _scores(self, losses: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return losses if self.score == "loss" else rules.gradient_norm_scores(logits, y)
+
+    def _update_tau(self, scores: torch.Tensor) -> None:
+        estimate = rules.tau_estimate(scores)
+        estimate = self.dist.mean(estimate)     # one global τ: the mean of the ranks' estimates
+        if self.tau is None:
+            self.tau = torch.zeros((), device=scores.device)
+            self._tau_reader = LaggedReader(scores.device)
+        self.tau = self.momentum * self.tau + (1.0 - self.momentum) * estimate
+        self._tau_reader.submit(self.tau.to(torch.float64))
+
+    def gate_open(self) -> bool:
+        """τ > τ_th, as the host last saw τ (one update late on CUDA); data parallel: open on every rank
+        or on none (the gate decides how many examples a step consumes, so ranks must agree)."""
+        is_open = self._tau_reader is not None and float(self._tau_reader.value) > self.tau_th
+        return self.dist.all_true(is_open)
+
+    def epoch(self, epoch: int, ctx: Context) -> Iterator[TrainBatch]:
+        self.dist = ctx.dist
+        n = len(ctx.source)
+        stream = _ExampleStream(ctx.source.batches(ctx.source.with_replacement(epoch, n), self.batch_size, epoch))
+        epoch_gate = self.gate_open() if self.gate_every == "epoch" else None
+        while True:
+            is_open = epoch_gate if epoch_gate is not None else self.gate_open()
+            chunk = stream.take(self.presample if is_open else self.batch_size)
+            if chunk is None:
+                return
+            yield self._importance_batch(chunk, ctx) if is_open else self._uniform_batch(chunk, ctx)
+
+    def _uniform_batch(self, chunk: Batch, ctx: Context) -> TrainBatch:
+        """Closed gate: train on the uniform minibatch; score it first if score_while_closed."""
+        if self.score_while_closed:
+            losses, logits = ctx.select_forward(chunk.x, chunk.y, self.select_mode, self.select_precision)
+            self._update_tau(self._scores(losses, logits, chunk.y))
+        ctx.counters.considered += chunk.x.shape[0]
+        ctx.counters.add_kept(chunk.x.shape[0])
+        self.uniform_steps += 1
+        tag = "uniform_scored" if self.score_while_closed else "uniform"
+        return TrainBatch(chunk.idx, chunk.x, chunk.y, tag=tag)
+
+    def _importance_batch(self, chunk: Batch, ctx: Context) -> TrainBatch:
+        losses, logits = ctx.select_forward(chunk.x, chunk.y, self.select_mode, self.select_precision)
+        scores = self._scores(losses, logits, chunk.y)
+        self._update_tau(scores)
+        positions, p = rules.importance_sample(scores, self.batch_size, self.generator.get(scores.device))
+        ctx.counters.considered += chunk.x.shape[0]
+        ctx.counters.add_kept(self.batch_size)
+        self.importance_steps += 1
+        weight = 1.0 / (chunk.x.shape[0] * p) if self.reweight else None
+        return TrainBatch(chunk.idx[positions], chunk.x[positions], chunk.y[positions], weight, tag="importance")
+
+    def after_train_step(self, batch: TrainBatch, losses: torch.Tensor, logits: torch.Tensor) -> None:
+        if batch.tag == "uniform":
+            self._update_tau(self._scores(losses, logits, batch.y))
+
+    def state_dict(self) -> dict:
+        tau = None if self.tau is None else float(self.tau)
+        return {"tau": tau, "generator": self.generator.state_dict(),
+                "importance_steps": self.importance_steps, "uniform_steps": self.uniform_steps}
+
+    def load_state_dict(self, state: dict, device: torch.device = torch.device("cpu")) -> None:
+        self.generator.load_state_dict(state["generator"])
+        self.importance_steps = int(state["importance_steps"])
+        self.uniform_steps = int(state["uniform_steps"])
+        if state["tau"] is not None:
+            self.tau = torch.tensor(state["tau"], device=device)
+            self._tau_reader = LaggedReader(self.tau.device, lag=0)
+            self._tau_reader.submit(self.tau.to(torch.float64))
