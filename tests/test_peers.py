@@ -1,4 +1,4 @@
-"""The peer methods (engine/peers.py): InfoBatch and Composer's SelectiveBackprop.
+"""The peer methods (strategies/infobatch.py, strategies/composer_sb.py): InfoBatch and Composer's SelectiveBackprop.
 
 Unit tests drive a strategy's epochs on a synthetic 1×8×8 dataset with a tiny linear model; the
 end-to-end tests train through the real trainer on the real Fashion-MNIST 512-example subset
