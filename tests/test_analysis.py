@@ -143,12 +143,28 @@ def test_make_table1_script(tmp_path):
     assert (out / "table1.csv").read_bytes() == (EXPECTED / "table1.csv").read_bytes()
     md = (out / "table1.md").read_text(encoding="utf-8")
     tex = (out / "table1.tex").read_text(encoding="utf-8")
-    # stale_sb on cifar10 never reaches ×1.1: "–" in the first slot
-    assert "| – / 1.80 / 1.50× |" in md
-    assert "– / 1.80 / 1.50$\\times$" in tex
+    # stale_sb on cifar10 never reaches x1.1 / x1.2 (seed 0 against its own Traditional): "–"; Kath18 is
+    # flagged by the timing audit: no pair on the time axis ("n/a"); SB's cells name the configuration
+    assert "| 1.76 (s=0.33) / 2.08 (s=0.5) / 1.88 (s=0.5)× | – / – / 2.50× | n/a / n/a / n/a× |" in md
+    assert "– / – / 2.50$\\times$" in tex
     assert "\\begin{tabular}" in tex and "fashion\\_mnist" in tex
-    assert "| cifar10 | 20.00 % |" in md
-    assert "| cifar10 |" in proc.stdout  # the markdown table is printed
+    assert "| cifar10 full wrn_28_10 noaug | 20.00 % |" in md
+    assert "| cifar10 full wrn_28_10 noaug |" in proc.stdout  # the markdown table is printed
+    assert "90 % Student-t interval on the log ratios" in md
+    # Traditional's first reach of each target beside the table, per schedule
+    assert ("- cifar10 full wrn_28_10 step noaug (2 seeds, final error 20.00 %): ×1.1 at epoch 5.0 (5), "
+            "100 % of its cost (100 %); ×1.2 at epoch 4.5 (4–5), 90 % of its cost (80–100 %)") in md
+    assert "4 of 16 runs flagged" in md and "00-00-00/9` (kath18, step, seed 0): 1.73×" in md
+    paired = (out / "table1_paired.md").read_text(encoding="utf-8")
+    # tests/fixtures/README.md: differences +1.5 / -1.0 points; ratios 50/24, 42/21 and 30/18, 22/14
+    assert "| SB s=0.33 | 2 | 20.25 ± 0.35 % | +0.25 [-7.64, +8.14] indistinguishable | " \
+           "1.76× [1.25, 2.48] 2/2 faster | 2.04× [1.79, 2.32] 2/2 faster | 1.62× [1.34, 1.95] 2/2 faster |" in paired
+    seeds = list(csv.DictReader((out / "table1_seeds.csv").open()))
+    assert len(seeds) == 3 * (2 + 1 + 1 + 1 + 1 + 1 + 1 + 1 + 1)      # factors x paired (config, seed)
+    flagged = [Path(r["run_dir"]).relative_to(RUNS / "sweeps").as_posix()
+               for r in csv.DictReader((out / "timing_audit.csv").open()) if r["flagged"] == "True"]
+    assert flagged == ["2026-01-01/00-00-00/6", "2026-01-01/00-00-00/7", "2026-01-01/00-00-00/9",
+                       "2026-01-02/00-00-00/4"]
     # the skipped runs are reported by the script too
     assert str(Path("sweeps") / "2026-01-01" / "00-00-00" / "11") in proc.stderr
 
@@ -313,10 +329,15 @@ def test_table1_axes_sched1(toy_runs, axis, expected):
     assert [df[table1.speedup_column(f)].iloc[0] for f in table1.TARGET_FACTORS] == pytest.approx([expected] * 3)
 
 
-def test_table1_all_schedules_takes_the_best_configuration(toy_runs):
+def test_table1_compares_within_a_schedule(toy_runs, caplog):
+    """SB sched2 reaches 0.2 in one epoch, but there is no Traditional run on sched2: it is never compared
+    with Traditional on sched1 (it is left out, named in a warning); the SB row is SB sched1's."""
     rs = load_runs([toy_runs])
-    assert table1.table1(rs)["speedup_1.1"].iloc[0] == pytest.approx(20 / 5)
-    assert table1.table1(rs, axis="cost")["speedup_1.1"].iloc[0] == pytest.approx(600 / 220)
+    with caplog.at_level(logging.WARNING):
+        df = table1.table1(rs, axis="cost")
+    assert df["speedup_1.1"].iloc[0] == pytest.approx(600 / 440)
+    assert df["lr_schedule_1.1"].iloc[0] == "toy_sched1" and df["reached_1.1"].iloc[0] == "1/1"
+    assert "no usable Traditional run at toy full m toy_sched2 noaug" in caplog.text
     configs = table1.config_times(rs).set_index("config_key")
     assert configs.loc["sb-toy_sched1", ["train_s_1.1", "train_eval_s_1.1", "cost_1.1"]].tolist() == [24, 26, 440]
     with pytest.raises(ValueError, match="axis 'steps'"):

@@ -64,21 +64,43 @@ def runs(tmp_path: Path) -> Path:
     return root
 
 
-def test_configurations_stay_apart_with_their_speedups(runs: Path) -> None:
+def test_configurations_stay_apart_with_their_paired_speedups(runs: Path) -> None:
+    """Each seed against the same seed's Traditional run (target 0.22 at x1.1, reached at 600 by both):
+    Stale-SB n=2 2.0 / 2.0 (faster, interval [2, 2]); n=3 2.0 / 1.0: sqrt(2), logs ln 2 and 0, half-width
+    t(0.95, 1) x ln 2 / 2 = 2.188180; uniform 900 on both seeds (slower); SB seed 1 never reaches 0.22: its
+    speedup is at most 600 / 900 (its whole cost), so SB's estimate is an upper bound (1/2 seeds)."""
     df = compare_table(load_runs(runs)).set_index("config")
     assert list(df.index) == ["Traditional", "SB", "Stale-SB n=2", "Stale-SB n=3", "Uniform"]
     n2, n3, uniform, sb = df.loc["Stale-SB n=2"], df.loc["Stale-SB n=3"], df.loc["Uniform"], df.loc["SB"]
     assert n2["n_seeds"] == 2 and n3["n_seeds"] == 2
-    assert n2["speedup_cost_1.1"] == pytest.approx(2.0) and n2["spread_cost_1.1"] == "2.00–2.00"
-    assert n3["speedup_cost_1.1"] == pytest.approx(600 / 450) and n3["spread_cost_1.1"] == "1.00–2.00"
-    assert uniform["speedup_cost_1.1"] == pytest.approx(600 / 900)
-    assert n2["vs_uniform_cost_1.1"] == pytest.approx(2.0 / (600 / 900))
+    assert (n2["speedup_cost_1.1"], n2["speedup_cost_1.1_low"], n2["speedup_cost_1.1_high"]) == pytest.approx((2, 2, 2))
+    assert (n2["reached_cost_1.1"], n2["verdict_cost_1.1"]) == ("2/2", "faster")
+    assert (n3["speedup_cost_1.1"], n3["speedup_cost_1.1_low"], n3["speedup_cost_1.1_high"]) == pytest.approx(
+        (math.sqrt(2), math.exp(math.log(2) / 2 - 2.188180), math.exp(math.log(2) / 2 + 2.188180)), rel=1e-5)
+    assert n3["verdict_cost_1.1"] == "indistinguishable"
+    assert uniform["speedup_cost_1.1"] == pytest.approx(600 / 900) and uniform["verdict_cost_1.1"] == "slower"
+    assert sb["reached_cost_1.1"] == "1/2" and sb["speedup_cost_1.1"] == pytest.approx(math.sqrt(600 / 900))
+    assert sb["verdict_cost_1.1"] == "indistinguishable"
+    # x1.2 (0.24): SB seed 1 reaches it at 900: both seeds reach, same numbers, no bound
+    assert sb["reached_cost_1.2"] == "2/2" and sb["speedup_cost_1.2"] == pytest.approx(math.sqrt(600 / 900))
+    # uniform's cost to the target over the configuration's, over the seeds where both reached it
+    assert n2["vs_uniform_cost_1.1"] == pytest.approx(3.0) and n2["vs_uniform_cost_1.1_n"] == "2/2"
+    assert sb["vs_uniform_cost_1.1"] == pytest.approx(1.5) and sb["vs_uniform_cost_1.1_n"] == "1/2"
     assert math.isnan(uniform["vs_uniform_cost_1.1"])
-    assert math.isnan(sb["speedup_cost_1.1"]) and sb["spread_cost_1.1"] == "1/2 seeds reached"
+    # final errors, paired: SB +2 / +4 points over Traditional, 0 / +2 over uniform; n=2 +1 / +1 and -1 / -1
+    assert (sb["error_vs_trad_pts"], sb["error_vs_trad_pts_low"], sb["error_vs_trad_pts_high"]) == pytest.approx(
+        (3.0, 3 - 6.313752, 3 + 6.313752), rel=1e-6)
+    assert (n2["verdict_error_vs_trad"], n2["verdict_error_vs_uniform"]) == ("higher", "lower")
+    assert sb["error_vs_uniform_pts"] == pytest.approx(1.0) and sb["verdict_error_vs_uniform"] == "indistinguishable"
     assert n2["backpropped"] == pytest.approx(110) and df.loc["Traditional", "backpropped"] == pytest.approx(300)
     assert sb["final_error"] == pytest.approx(0.23) and sb["final_error_sd"] == pytest.approx(math.sqrt(2e-4))
+    # Traditional first reaches 0.22 at epoch 2 on both seeds, 600 of its 900 units
+    assert df.loc["Traditional", "trad_epoch_1.1"] == 2.0 and df.loc["Traditional", "trad_cost_frac_1.1"] == pytest.approx(2 / 3)
     md = compare_markdown(compare_table(load_runs(runs)))
-    assert "| SB | 2 | 23.00 ± 1.41 % |" in md and "– (1/2 seeds reached)" in md
+    assert "| SB | 2 | 23.00 ± 1.41 % | +3.00 [-3.31, +9.31] indistinguishable |" in md
+    assert "≤0.82× [0.23, 2.94] 1/2 indistinguishable" in md and "2.00× [2.00, 2.00] 2/2 faster" in md
+    assert "first reaches its own ×1.1 at epoch 2.0 (2), 67 % of its cost (67 %)" in md
+    assert "none of the 10 runs flagged" in md
 
 
 def test_config_label_names_the_distinguishing_parameter() -> None:
@@ -95,7 +117,8 @@ def test_script_writes_csv_and_markdown(runs: Path, tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     rows = list(csv.DictReader(io.StringIO((out / "comparison.csv").read_text())))
     assert [r["config"] for r in rows] == ["Traditional", "SB", "Stale-SB n=2", "Stale-SB n=3", "Uniform"]
-    assert float(rows[2]["speedup_cost_1.1"]) == pytest.approx(2.0)
+    assert float(rows[2]["speedup_cost_1.1"]) == pytest.approx(2.0) and rows[2]["verdict_cost_1.1"] == "faster"
+    assert rows[0]["speedup_cost_1.1"] == "" and rows[1]["reached_cost_1.1"] == "1/2"
     assert "Stale-SB n=2" in (out / "comparison.md").read_text() and "Stale-SB n=2" in proc.stdout
 
 

@@ -73,15 +73,24 @@ def test_regime_table_speedups_spread_and_uniform_ratio(runs: Path) -> None:
     assert (sb["strategy"], uniform["strategy"], sb_b["strategy"]) == ("sb", "uniform", "sb")
     assert sb["trad_train_loss"] == pytest.approx(0.5) and sb_b["trad_train_loss"] == pytest.approx(0.05)
     assert sb["trad_final_error"] == pytest.approx(0.20) and sb["n_seeds"] == 2
-    # x1.1 (0.22): Traditional 600, SB 600 on both seeds; x1.2 (0.24): SB 400 / 600 -> mean 500
+    # each seed against its own Traditional run (both end at 0.20): x1.1 (0.22) Traditional 600, SB 600 on
+    # both seeds; x1.2 (0.24) SB 400 / 600 -> 1.5 and 1.0, geometric mean sqrt(1.5), half-width on the logs
+    # t(0.95, 1) x ln 1.5 / 2 = 1.280013
     for axis in ("cost", "time"):
-        assert sb[f"speedup_{axis}_1.1"] == pytest.approx(1.0)
-        assert sb[f"speedup_{axis}_1.2"] == pytest.approx(600 / 500)
-    assert sb["spread_cost_1.2"] == "1.00–1.50"
-    assert math.isnan(uniform["speedup_cost_1.1"])                           # 0.23 never reaches 0.22
-    assert uniform["speedup_cost_1.2"] == pytest.approx(600 / 900)
-    assert sb["vs_uniform_cost_1.2"] == pytest.approx((600 / 500) / (600 / 900))
-    assert math.isnan(sb["vs_uniform_cost_1.1"]) and math.isnan(uniform["vs_uniform_cost_1.2"])
+        assert sb[f"speedup_{axis}_1.1"] == pytest.approx(1.0) and sb[f"reached_{axis}_1.1"] == "2/2"
+        assert sb[f"speedup_{axis}_1.2"] == pytest.approx(math.sqrt(1.5))
+    half = 6.313752 * math.log(1.5) / 2
+    assert (sb["speedup_cost_1.2_low"], sb["speedup_cost_1.2_high"]) == pytest.approx(
+        (math.sqrt(1.5) * math.exp(-half), math.sqrt(1.5) * math.exp(half)), rel=1e-5)
+    assert sb["verdict_cost_1.1"] == "indistinguishable" and sb["verdict_cost_1.2"] == "indistinguishable"
+    # uniform never reaches 0.22: at most 600 / 900 (its whole cost), an upper bound (0/1 seeds)
+    assert uniform["speedup_cost_1.1"] == pytest.approx(600 / 900) and uniform["reached_cost_1.1"] == "0/1"
+    assert uniform["speedup_cost_1.2"] == pytest.approx(600 / 900) and uniform["reached_cost_1.2"] == "1/1"
+    # uniform's cost to 0.24 over SB's, seed 0 (the only seed both ran): 900 / 400
+    assert sb["vs_uniform_cost_1.2"] == pytest.approx(900 / 400) and sb["vs_uniform_cost_1.2_n"] == "1/1"
+    assert math.isnan(sb["vs_uniform_cost_1.1"]) and sb["vs_uniform_cost_1.1_n"] == "0/1"
+    assert math.isnan(uniform["vs_uniform_cost_1.2"])
+    assert sb["trad_epoch_1.1"] == 2.0 and sb_b["trad_epoch_1.1"] == 3.0
     assert sb_b["speedup_cost_1.1"] == pytest.approx(900 / 300)     # Traditional first reaches 0.11 at 900
 
 
@@ -91,6 +100,8 @@ def test_regime_map_script_writes_its_files(runs: Path, tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "| fashion_mnist n1000 resnet8-w16 fashion_mnist_e30 aug | 0.500 | 20.00 % | SB | 2 |" in proc.stdout
+    assert "| 1.22× [0.34, 4.40] 2/2 indistinguishable |" in proc.stdout
+    assert "first reaches its own ×1.1 at epoch 2.0 (2), 67 % of its cost (67 %)" in proc.stdout
     for name in ("regime_map.csv", "regime_map.md", "regime_map_cost.png", "regime_map_cost.pdf",
                  "regime_map_time.png"):
         assert (out / name).stat().st_size > 0, name

@@ -119,7 +119,7 @@ def phase_breakdown(runset: RunSet, factor: float = FIG1_FACTOR) -> pd.DataFrame
 
     The configuration is the one with the best time to that target (Table 1's choice); per seed
     the phase seconds at its first evaluation reaching the target, averaged over seeds.
-    Columns: ``dataset, strategy, config_key, reached, target, train_s``, the raw ``phase_*``
+    Columns: ``dataset, setup, strategy, config_key, reached, target, train_s``, the raw ``phase_*``
     columns and one column per :data:`PHASE_GROUPS` label. Strategies that never reach the
     target get ``reached=False`` and NaN times.
     """
@@ -135,7 +135,7 @@ def phase_breakdown(runset: RunSet, factor: float = FIG1_FACTOR) -> pd.DataFrame
         key = b[f"config_{factor:g}"]
         key = None if pd.isna(key) else key
         target = b["final_error_traditional"] * factor
-        row = {"dataset": b["dataset"], "strategy": b["strategy"], "config_key": key,
+        row = {"dataset": b["dataset"], "setup": b["setup"], "strategy": b["strategy"], "config_key": key,
                "reached": key is not None, "target": target}
         if key is None:
             row["train_s"] = math.nan
@@ -154,17 +154,18 @@ def phase_breakdown(runset: RunSet, factor: float = FIG1_FACTOR) -> pd.DataFrame
         rows.append(row)
     out = pd.DataFrame(rows)
     out["_s"] = out["strategy"].map(lambda s: strategy_sort_key(str(s)))
-    return out.sort_values(["dataset", "_s"]).drop(columns="_s").reset_index(drop=True)
+    return out.sort_values(["dataset", "setup", "_s"]).drop(columns="_s").reset_index(drop=True)
 
 
 def fig1(runset: RunSet, factor: float = FIG1_FACTOR) -> Figure | None:
     df = phase_breakdown(runset, factor)
     if df.empty or not df["reached"].any():
         return None
-    datasets = sorted(df["dataset"].unique())
-    fig, axes = _grid(1, len(datasets), w=4.5)
-    for ax, ds in zip(axes[0], datasets):
-        g = df[df["dataset"] == ds].reset_index(drop=True)
+    setups = list(dict.fromkeys(df["setup"]))
+    fig, axes = _grid(1, len(setups), w=4.5)
+    for ax, setup in zip(axes[0], setups):
+        g = df[df["setup"] == setup].reset_index(drop=True)
+        ds = setup if len(setups) > 1 else g["dataset"].iloc[0]
         xs = np.arange(len(g))
         bottom = np.zeros(len(g))
         for (label, _), color in zip(PHASE_GROUPS.items(), PHASE_GROUP_COLORS):

@@ -10,7 +10,20 @@ A run is **usable** when its ``summary.json`` exists and its ``status`` is ``com
 with their status, in ONE warning, and left out of ``runs`` and ``evals`` (they are kept in
 ``RunSet.skipped`` for inspection only).
 
-A configuration is the set of runs sharing ``config_key`` (runs differing only in ``seed``).
+A usable run whose ``metrics.jsonl`` is missing or holds no evaluation is left out the same way (it
+cannot be placed on any curve; counted in, it would read as "never reached the target").
+
+A configuration is the set of runs sharing ``config_key`` (runs differing only in ``seed``). Each run
+also carries its **setup** (dataset, training subset, augmentation, model, width and test subset: what
+every strategy of a comparison shares) and its **point** (the setup plus the LR schedule), so that
+runs of different setups are never pooled (:func:`point_of`).
+
+**Duplicates.** The same run recorded twice — two records with the same ``config_key`` and seed (e.g.
+``collect_runs.py`` copies of one sweep read together), or a copy whose ``config_key`` differs (an
+older record format) but with the same dataset, strategy, seed, step and backward counts and
+test-error curve, and no strategy parameter or (where both have a config) setup that differs — is
+counted once: one warning names each duplicate and the record kept (the one with a recorded
+``config_key``, then the first in path order).
 """
 
 from __future__ import annotations
@@ -57,7 +70,16 @@ RUN_COLUMNS = [
     "run_dir", "status", "dataset", "model", "strategy", "lr_schedule", "config_key", "seed",
     "label_noise", "final_test_error", "best_test_error", "train_s", "epochs", "steps",
     "examples_forwarded", "examples_backpropped", "cost", "train_eval_s",
+    "train_subset", "augment", "width", "test_subset", "setup", "point", "device",
 ]
+#: the run's timing conditions (``summary.json`` ``timing``, absent in older records), flattened
+TIMING_COLUMNS = ["timing_load_start", "timing_load_end", "timing_cpu_s", "timing_wall_s", "timing_threads",
+                  "timing_cpu_count", "timing_host"]
+# the strategy parameter that tells two configurations of a strategy apart in a label: (key, short
+# name, default); a configuration at the default is labelled by the strategy alone (None: always named)
+LABEL_PARAMS = {"stale_sb": ("staleness", "n", None), "sb": ("selectivity", "s", 1 / 3),
+                "uniform": ("selectivity", "s", 1 / 3), "infobatch": ("prune_ratio", "r", 0.5),
+                "composer_sb": ("keep", "keep", 0.5)}
 SKIPPED_COLUMNS = ["run_dir", "status", "reason", "n_evals"]
 
 
@@ -123,6 +145,56 @@ def strategy_sort_key(name: str) -> tuple[int, str]:
 
 def strategy_label(name: str) -> str:
     return STRATEGY_LABELS.get(name, name)
+
+
+def config_label(strategy: str, params: dict[str, Any]) -> str:
+    """e.g. ``Stale-SB n=2``, ``SB s=0.5``; a configuration at the strategy's default is its plain label."""
+    label = strategy_label(strategy)
+    key, short, default = LABEL_PARAMS.get(strategy, (None, None, None))
+    value = params.get(key) if key else None
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return label
+    if default is not None and abs(float(value) - default) < 1e-6:
+        return label
+    return f"{label} {short}={value:g}" if isinstance(value, float) else f"{label} {short}={value}"
+
+
+def _augmented(dataset: dict[str, Any]) -> bool:
+    aug = dataset.get("augment") or {}
+    return bool(aug.get("crop_padding") or aug.get("hflip") or aug.get("cutout"))
+
+
+def point_of(config: dict[str, Any], names: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The regime point of a run's resolved config: dataset, subset, augmentation, model, width, schedule
+    and test subset. ``names`` (the summary's top-level ``dataset`` / ``model`` / ``lr_schedule``) fill
+    in what an older or partial config lacks."""
+    names = names or {}
+    dataset = config.get("dataset") if isinstance(config.get("dataset"), dict) else {}
+    model = config.get("model") if isinstance(config.get("model"), dict) else {}
+    schedule = config.get("lr_schedule") if isinstance(config.get("lr_schedule"), dict) else {}
+    return {"dataset": dataset.get("name") or names.get("dataset"), "n_train": dataset.get("subset"),
+            "augment": _augmented(dataset), "model": model.get("name") or names.get("model"),
+            "width": model.get("width"), "lr_schedule": schedule.get("name") or names.get("lr_schedule"),
+            "n_test": dataset.get("test_subset")}
+
+
+def setup_label(point: dict[str, Any]) -> str:
+    """e.g. ``fashion_mnist n2000 resnet8-w16 aug`` (`` test2000`` appended when the errors come from a
+    test subset): what every strategy and schedule of a comparison shares."""
+    n = "full" if point["n_train"] is None else f"n{point['n_train']}"
+    width = "" if point["width"] is None else f"-w{point['width']}"
+    test = "" if point.get("n_test") is None else f" test{point['n_test']}"
+    return f"{point['dataset']} {n} {point['model']}{width} {'aug' if point['augment'] else 'noaug'}{test}"
+
+
+def point_label(point: dict[str, Any]) -> str:
+    """e.g. ``fashion_mnist n2000 resnet8-w16 fashion_mnist_e30 aug`` (`` test2000`` appended when the
+    errors come from a test subset: such a point is not merged with a full-test-set one)."""
+    n = "full" if point["n_train"] is None else f"n{point['n_train']}"
+    width = "" if point["width"] is None else f"-w{point['width']}"
+    test = "" if point.get("n_test") is None else f" test{point['n_test']}"
+    return (f"{point['dataset']} {n} {point['model']}{width} {point['lr_schedule']} "
+            f"{'aug' if point['augment'] else 'noaug'}{test}")
 
 
 def _natural_key(path: Path) -> list[Any]:
@@ -223,6 +295,11 @@ def _run_row(run_dir: Path, summary: dict[str, Any], evals: list[dict[str, Any]]
         "cost": _cost(summary, config),
         "train_eval_s": _as_float(summary.get("train_s")) + _as_float((evals[-1] if evals else {}).get("eval_s")),
     }
+    point = point_of(config if isinstance(config, dict) else {}, row)
+    row.update({"train_subset": point["n_train"], "augment": point["augment"], "width": point["width"],
+                "test_subset": point["n_test"], "setup": setup_label(point), "point": point_label(point),
+                "device": summary.get("device_name")})
+    row.update(_timing(summary.get("timing")))
     if row["config_key"] is None:
         row["config_key"] = _fallback_config_key(summary, row)
         logger.info("%s: summary.json has no config_key; grouping by its config, strategy, lr_schedule "
@@ -233,6 +310,21 @@ def _run_row(run_dir: Path, summary: dict[str, Any], evals: list[dict[str, Any]]
     for k, v in (summary.get("phase_s") or {}).items():
         row[f"phase_{k}"] = _as_float(v)
     return row
+
+
+def _timing(timing: Any) -> dict[str, Any]:
+    """``summary.json``'s ``timing`` object flattened into :data:`TIMING_COLUMNS` (NaN / None when the
+    record has none); load averages are the 1-minute values."""
+    timing = timing if isinstance(timing, dict) else {}
+
+    def first(value: Any) -> float:
+        return _as_float(value[0] if isinstance(value, (list, tuple)) and value else value)
+
+    return {"timing_load_start": first(timing.get("loadavg_start")),
+            "timing_load_end": first(timing.get("loadavg_end")),
+            "timing_cpu_s": _as_float(timing.get("cpu_s")), "timing_wall_s": _as_float(timing.get("wall_s")),
+            "timing_threads": _as_float(timing.get("threads")),
+            "timing_cpu_count": _as_float(timing.get("cpu_count")), "timing_host": timing.get("host")}
 
 
 def _cost(record: dict[str, Any], config: dict[str, Any]) -> float:
@@ -316,26 +408,33 @@ def load_runs(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]) 
             skipped.append({"run_dir": str(run_dir), "status": "corrupt",
                             "reason": metrics_error, "n_evals": 0})
             continue
+        if not evals:
+            missing = not (run_dir / METRICS_FILE).exists()
+            skipped.append({"run_dir": str(run_dir), "status": "incomplete",
+                            "reason": f"status {status}, but {'no ' + METRICS_FILE if missing else METRICS_FILE + ' holds no evaluation'}",
+                            "n_evals": 0})
+            continue
         row = _run_row(run_dir, summary, evals)
-        run_rows.append(row)
-        eval_rows.extend(_eval_rows(row, evals, summary.get("config") or {}))
+        row["_has_key"] = summary.get("config_key") is not None
+        row["_curve"] = tuple(_as_float(e.get("test_error")) for e in evals)
+        row["_params"] = summary.get("strategy_params") if isinstance(summary.get("strategy_params"), dict) else {}
+        row["_has_config"] = isinstance(summary.get("config"), dict) and bool(summary.get("config"))
+        run_rows.append((row, evals, summary.get("config") or {}))
 
     if skipped:
         listing = "; ".join(f"{s['run_dir']} ({s['status']}: {s['reason']})" for s in skipped)
         logger.warning("skipping %d incomplete/failed run(s): %s", len(skipped), listing)
-
-    runs = pd.DataFrame(run_rows)
+    kept = _drop_duplicates([r for r, _, _ in run_rows])
+    for row, evals, config in run_rows:
+        if row["run_dir"] in kept:
+            eval_rows.extend(_eval_rows(row, evals, config))
+    runs = pd.DataFrame([{k: v for k, v in r.items() if not k.startswith("_")}
+                         for r, _, _ in run_rows if r["run_dir"] in kept])
     if runs.empty:
         runs = pd.DataFrame(columns=RUN_COLUMNS)
     else:
         extra = [c for c in runs.columns if c not in RUN_COLUMNS]
         runs = runs[RUN_COLUMNS + extra]
-        dup = runs.duplicated(["config_key", "seed"], keep=False)
-        if dup.any():
-            logger.warning(
-                "several usable runs share a configuration and seed (all are averaged in): %s",
-                ", ".join(runs.loc[dup, "run_dir"]),
-            )
     evals_df = pd.DataFrame(eval_rows)
     if evals_df.empty:
         evals_df = pd.DataFrame(columns=["run_dir", "config_key", "dataset", "strategy", "seed",
@@ -343,6 +442,38 @@ def load_runs(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]) 
                                          "test_error"])
     return RunSet(runs=runs.reset_index(drop=True), evals=evals_df,
                   skipped=pd.DataFrame(skipped, columns=SKIPPED_COLUMNS))
+
+
+def _same_run(a: dict[str, Any], b: dict[str, Any]) -> str | None:
+    """Why ``b`` is a second record of the run ``a`` (None when it is another run)."""
+    if str(a["seed"]) != str(b["seed"]):
+        return None
+    if a["config_key"] == b["config_key"]:
+        return "same configuration and seed"
+    same = (all(a[k] == b[k] for k in ("dataset", "strategy", "steps", "examples_backpropped"))
+            and a["_curve"] == b["_curve"]
+            and all(a["_params"][k] == b["_params"][k] for k in set(a["_params"]) & set(b["_params"]))
+            and (a["point"] == b["point"] or not (a["_has_config"] and b["_has_config"])))
+    return "same strategy, seed, steps and test-error curve" if same else None
+
+
+def _drop_duplicates(rows: list[dict[str, Any]]) -> set[str]:
+    """The run dirs to keep: of several records of one run, the one with a recorded ``config_key``, then
+    the first in path order; one warning names every record left out and the one kept."""
+    order = sorted(range(len(rows)), key=lambda i: (not rows[i]["_has_key"], i))
+    kept: list[dict[str, Any]] = []
+    dropped: list[str] = []
+    for i in order:
+        row = rows[i]
+        twin = next(((k, why) for k in kept if (why := _same_run(k, row))), None)
+        if twin is None:
+            kept.append(row)
+        else:
+            dropped.append(f"{row['run_dir']} ({twin[1]} as {twin[0]['run_dir']}, kept)")
+    if dropped:
+        logger.warning("left out %d duplicate run record(s), each counted once: %s", len(dropped),
+                       "; ".join(dropped))
+    return {r["run_dir"] for r in kept}
 
 
 def require_runs(runset: RunSet, paths: Iterable[Any]) -> RunSet:
