@@ -10,19 +10,23 @@ identical points only the first in that order counts; a later point with equal e
 The x axis is ``axis`` (:data:`~selective_backprop.analysis.records.AXES`): ``time`` (``train_s``,
 the paper's, the default), ``time_eval`` (``train_s + eval_s``) or ``cost`` (forward-equivalent
 units); ``schedules`` (e.g. ``["sched1"]``) keeps only runs whose LR schedule ends in ``_<name>``.
+
+Beside the seed-mean frontier, :func:`pareto_share_by_seed` gives each strategy's share seed by seed
+(each seed's runs alone: same training subset and initialisation), as mean and range over seeds.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Iterable
 from pathlib import Path
 
 import pandas as pd
 from matplotlib.figure import Figure
 
 from .records import AXIS_LABELS, RunSet, seed_mean_curves, strategy_label, strategy_sort_key
-from .table1 import axis_column, frame_to_csv
+from .table1 import TRADITIONAL, axis_column, frame_to_csv
 
 logger = logging.getLogger(__name__)
 
@@ -45,12 +49,16 @@ def strategy_color(name: str) -> str:
 
 
 def pareto_points(runset: RunSet, include_noisy: bool = False, axis: str = "time",
-                  schedules: list[str] | None = None) -> pd.DataFrame:
+                  schedules: list[str] | None = None, exclude: Iterable[str] = ()) -> pd.DataFrame:
     """All seed-mean curve points with ``on_frontier`` (bool), per dataset. Columns: ``dataset,
     strategy, lr_schedule, config_key, epoch, train_s``, the axis column when it is another one
-    (``train_eval_s`` / ``cost``), ``test_error, on_frontier``."""
+    (``train_eval_s`` / ``cost``), ``test_error, on_frontier``. Runs in ``exclude`` (e.g. the timing
+    audit's flagged runs on a time axis) are left out."""
     x = axis_column(axis)
     rs = (runset if include_noisy else runset.clean()).with_schedules(schedules)
+    excluded = set(exclude)
+    if excluded:
+        rs = rs.subset(~rs.runs["run_dir"].isin(excluded))
     cols = ["dataset", "strategy", "lr_schedule", "config_key", "epoch", "train_s"]
     cols += ([x] if x != "train_s" else []) + ["test_error"]
     curves = seed_mean_curves(rs)
@@ -82,6 +90,31 @@ def pareto_share(points: pd.DataFrame) -> pd.DataFrame:
             rows.append({"dataset": ds, "strategy": strat, "points": n,
                          "share": n / total if total else math.nan})
     return pd.DataFrame(rows, columns=["dataset", "strategy", "points", "share"])
+
+
+def pareto_share_by_seed(runset: RunSet, include_noisy: bool = False, axis: str = "time",
+                         schedules: list[str] | None = None, exclude: Iterable[str] = ()) -> pd.DataFrame:
+    """The frontier share seed by seed: each seed's runs alone make a frontier (so every configuration is
+    compared on the same training subset and initialisation; a seed without a Traditional run of the
+    dataset is not counted for it); per dataset and strategy ``seeds`` (how many such seeds it ran with),
+    ``share`` (the mean of its shares), ``share_min`` and ``share_max``."""
+    cols = ["dataset", "strategy", "seeds", "share", "share_min", "share_max"]
+    per_seed = []
+    for seed in sorted(runset.runs["seed"].dropna().unique(), key=str):
+        one = runset.subset(runset.runs["seed"] == seed)
+        share = pareto_share(pareto_points(one, include_noisy, axis, schedules, exclude))
+        with_reference = set(share.loc[share["strategy"] == TRADITIONAL, "dataset"])
+        per_seed.append(share[share["share"].notna() & share["dataset"].isin(with_reference)])
+    if not per_seed or all(p.empty for p in per_seed):
+        return pd.DataFrame(columns=cols)
+    every = pd.concat(per_seed, ignore_index=True)
+    rows = []
+    for (ds, strat), g in every.groupby(["dataset", "strategy"], sort=False):
+        rows.append({"dataset": ds, "strategy": strat, "seeds": len(g), "share": float(g["share"].mean()),
+                     "share_min": float(g["share"].min()), "share_max": float(g["share"].max())})
+    out = pd.DataFrame(rows, columns=cols)
+    out["_s"] = out["strategy"].map(lambda s: strategy_sort_key(str(s)))
+    return out.sort_values(["dataset", "_s"], kind="stable").drop(columns="_s").reset_index(drop=True)
 
 
 def pareto_share_csv(share: pd.DataFrame) -> str:
@@ -120,9 +153,10 @@ def plot_pareto(points: pd.DataFrame, dataset: str, log_time: bool = False,
     return fig
 
 
-def write_pareto(points: pd.DataFrame, out_dir: str | Path,
-                 log_time: bool = False, axis: str = "time") -> dict[str, Path]:
-    """Write ``pareto_<dataset>.png`` / ``.pdf`` per dataset and ``pareto_share.csv``."""
+def write_pareto(points: pd.DataFrame, out_dir: str | Path, log_time: bool = False, axis: str = "time",
+                 by_seed: pd.DataFrame | None = None) -> dict[str, Path]:
+    """Write ``pareto_<dataset>.png`` / ``.pdf`` per dataset and ``pareto_share.csv`` (and
+    ``pareto_share_seeds.csv`` from :func:`pareto_share_by_seed` when ``by_seed`` is given)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths: dict[str, Path] = {}
@@ -135,4 +169,8 @@ def write_pareto(points: pd.DataFrame, out_dir: str | Path,
     p = out / "pareto_share.csv"
     p.write_text(pareto_share_csv(pareto_share(points)), encoding="utf-8")
     paths["share"] = p
+    if by_seed is not None:
+        p = out / "pareto_share_seeds.csv"
+        p.write_text(frame_to_csv(by_seed, ["share", "share_min", "share_max"]), encoding="utf-8")
+        paths["share_seeds"] = p
     return paths
