@@ -145,10 +145,12 @@ def test_make_table1_script(tmp_path):
     tex = (out / "table1.tex").read_text(encoding="utf-8")
     # stale_sb on cifar10 never reaches x1.1 / x1.2 (seed 0 against its own Traditional): "–"; Kath18 is
     # flagged by the timing audit: no pair on the time axis ("n/a"); SB's cells name the configuration
-    assert "| 1.76 (s=0.33) / 2.08 (s=0.5) / 1.88 (s=0.5)× | – / – / 2.50× | n/a / n/a / n/a× |" in md
-    assert "– / – / 2.50$\\times$" in tex
+    # (the setup has two schedules: each cell names its configuration's)
+    assert ("| 1.76 (s=0.33, step) / 2.08 (s=0.5, step) / 1.88 (s=0.5, step)× | – / – / 2.50 (step)× | "
+            "n/a / n/a / n/a× |") in md
+    assert "– / – / 2.50 (step)$\\times$" in tex
     assert "\\begin{tabular}" in tex and "fashion\\_mnist" in tex
-    assert "| cifar10 full wrn_28_10 noaug | 20.00 % |" in md
+    assert "| cifar10 full wrn_28_10 noaug | 21.50 % (accelerated), 20.00 % (step) |" in md
     assert "| cifar10 full wrn_28_10 noaug |" in proc.stdout  # the markdown table is printed
     assert "90 % Student-t interval on the log ratios" in md
     # Traditional's first reach of each target beside the table, per schedule

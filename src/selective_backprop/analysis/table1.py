@@ -234,6 +234,9 @@ def table1(runset: RunSet, factors: Sequence[float] = TARGET_FACTORS,
             rows.append(row)
     out = pd.DataFrame(rows, columns=cols)
     out.attrs.update(paired.attrs)
+    out.attrs["trad_errors"] = {str(setup): {str(p["lr_schedule"]): float(p["trad_final_error"])
+                                             for _, p in g.drop_duplicates("point").iterrows()}
+                                for setup, g in paired.groupby("setup", sort=False)}
     return out
 
 
@@ -307,11 +310,12 @@ def _paper_layout(df: pd.DataFrame, digits: int) -> tuple[list[str], list[str], 
     header = ["setup", "Trad final error"] + [strategy_label(s) for s in strategies]
     rows = []
     for (ds, setup), g in df.groupby(["dataset", "setup"], sort=True):
-        trad = {}
-        for f in factors:
+        trad = {_short_schedule(sched, str(ds)): err
+                for sched, err in df.attrs.get("trad_errors", {}).get(str(setup), {}).items()}
+        for f in factors:          # a frame without attrs (e.g. read back from CSV): the cells' references
             for sched, err in zip(g[f"lr_schedule_{f:g}"], g[f"trad_final_error_{f:g}"]):
                 if sched and not pd.isna(err):
-                    trad[_short_schedule(str(sched), str(ds))] = err
+                    trad.setdefault(_short_schedule(str(sched), str(ds)), err)
         schedules = len(trad)
         trad_cell = ", ".join(f"{100 * e:.2f} %" + (f" ({s})" if schedules > 1 else "")
                               for s, e in sorted(trad.items()))
