@@ -18,17 +18,15 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 from matplotlib.figure import Figure
 
 from .audit import audit_markdown, flagged_list, flagged_runs, timing_audit
-from .paired import (METHOD, METHOD_ERROR, UNIFORM, difference_cell, own_stats, paired_table,  # noqa: F401
-                     ratio_cell, reach_text, seeds_text, speedup_cell)
+from .paired import (METHOD, METHOD_ERROR, difference_cell, paired_table, ratio_cell, reach_text, seeds_text,
+                     speedup_cell)
 from .pareto import strategy_color
-from .records import (LABEL_PARAMS, RunSet, config_label, point_label, point_of,  # noqa: F401
-                      strategy_sort_key)
+from .records import RunSet, config_label, point_label, point_of, strategy_sort_key  # noqa: F401 (re-exported)
 from .table1 import TRADITIONAL, float_columns, frame_to_csv, write_texts
 
 REGIME_FACTORS: tuple[float, ...] = (1.1, 1.2)
