@@ -448,7 +448,7 @@ def _same_run(a: dict[str, Any], b: dict[str, Any]) -> str | None:
     """Why ``b`` is a second record of the run ``a`` (None when it is another run)."""
     if str(a["seed"]) != str(b["seed"]):
         return None
-    if a["config_key"] == b["config_key"]:
+    if a["config_key"] == b["config_key"] and a["seed"] is not None:
         return "same configuration and seed"
     same = (all(a[k] == b[k] for k in ("dataset", "strategy", "steps", "examples_backpropped"))
             and a["_curve"] == b["_curve"]
