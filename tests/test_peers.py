@@ -139,26 +139,106 @@ def test_infobatch_first_epoch_trains_everything_and_scores_come_from_training_l
     assert int((~torch.isnan(ib.scores)).sum()) == 16
 
 
-@pytest.mark.parametrize("max_epochs,anneal,pruning", [
-    (8, 0.125, [True] * 7 + [False]),            # the default: InfoBatch's delta 0.875
-    (8, 0.25, [True] * 6 + [False] * 2),
-    (8, 0.0, [True] * 8),
-    (8, 1.0, [False] * 8),
-    (10, 0.125, [True] * 9 + [False]),           # 8.75 → epochs 0..8 prune
-])
-def test_infobatch_anneal_epochs_train_on_all_with_weight_one(max_epochs, anneal, pruning):
-    data = SyntheticImages(200)
-    ctx = _context(data, 32, max_epochs=max_epochs)
-    ib = InfoBatch(batch_size=32, seed=0, anneal=anneal)
-    assert [ib.prunes(e, max_epochs) for e in range(max_epochs)] == pruning
-    ib.scores = torch.rand(200, generator=torch.Generator().manual_seed(3))
-    for epoch in range(max_epochs):
-        batches = _epoch(ib, epoch, ctx)
-        n = sum(b.x.shape[0] for b in batches)
-        if pruning[epoch]:
-            assert n < 200 and all(b.weight is not None for b in batches)
+class _OriginalCounter:
+    """InfoBatch's epoch counter, ported from infobatch/infobatch.py (IBSampler.__init__/reset/__iter__,
+    InfoBatch.prune/no_prune/reset_weights): per epoch, does it prune, and do the weights it trains
+    with still hold 1/keep_ratio values? Scores start at 3 for every example, so nothing is below
+    the mean (nothing kept with a weight) until an epoch has trained."""
+
+    def __init__(self, num_epochs: int, delta: float = 0.875):
+        self.stop_prune = num_epochs * delta
+        self.iterations = 0
+        self.scored = False              # any training losses in the score table yet?
+        self.boosted = False             # any weight == 1/keep_ratio?
+        self.pruning = False
+        self.reset()                     # IBSampler.__init__ calls reset() once
+
+    def reset(self):
+        if self.iterations > self.stop_prune:
+            if self.iterations == self.stop_prune + 1:
+                self.boosted = False     # reset_weights()
+            self.pruning = False         # no_prune(): weights untouched
         else:
-            assert n == 200 and all(b.weight is None and b.tag == "full" for b in batches)
+            self.boosted = self.scored   # prune(): reset_weights(), then 1/keep_ratio on the kept below-mean
+            self.pruning = True
+        self.iterations += 1
+
+    def epoch(self) -> tuple[bool, bool]:
+        """The DataLoader's iter(sampler) -> IBSampler.__iter__ -> reset(); then the epoch trains."""
+        self.reset()
+        self.scored = True
+        return self.pruning, self.boosted
+
+
+@pytest.mark.parametrize("max_epochs,n_pruning,boosted_tail", [(8, 7, False), (10, 8, True), (30, 26, True)])
+def test_infobatch_schedule_follows_the_original_counter(max_epochs, n_pruning, boosted_tail):
+    """Pruned epochs, tail length and tail weights as InfoBatch's own counter: 8 epochs (8·0.875 = 7):
+    epochs 0-6 prune, 1 full epoch with weight 1; 10 (8.75): 0-7 prune, a 2-epoch tail; 30 (26.25):
+    0-25 prune, a 4-epoch tail. When max_epochs·delta is fractional the weights are never reset: the
+    tail trains every example, the last pruning epoch's kept below-mean ones with weight 2 = 1/(1-r)."""
+    n = 200
+    data = SyntheticImages(n)
+    ctx = _context(data, 32, max_epochs=max_epochs)
+    ib = InfoBatch(batch_size=32, seed=0)
+    original = _OriginalCounter(max_epochs)
+    fake_loss = torch.rand(n, generator=torch.Generator().manual_seed(3))
+    last_pruned_weights = None
+    kinds = []
+    for epoch in range(max_epochs):
+        pruning, boosted = original.epoch()
+        batches = _epoch(ib, epoch, ctx)
+        idx = torch.cat([b.idx for b in batches])
+        weights = torch.ones(n)
+        if batches[0].weight is not None:
+            weights[idx] = torch.cat([b.weight for b in batches])
+        assert ib.prunes(epoch, max_epochs) == pruning
+        assert all(b.tag == ("pruned" if pruning else "full") for b in batches)
+        assert bool((weights != 1).any()) == boosted
+        if pruning:
+            last_pruned_weights = weights
+        else:
+            assert torch.equal(idx.sort().values, torch.arange(n))        # the tail trains every example
+            assert torch.equal(weights, last_pruned_weights if boosted else torch.ones(n))
+            assert all(b.weight is not None for b in batches) == boosted
+        kinds.append("prune" if pruning else ("tail_weighted" if boosted else "tail"))
+        for b in batches:
+            ib.after_train_step(b, fake_loss[b.idx], torch.zeros(b.x.shape[0], 4))
+    tail = max_epochs - n_pruning
+    assert kinds == ["prune"] * n_pruning + (["tail_weighted"] * tail if boosted_tail else ["tail"] * tail)
+    if boosted_tail:
+        assert set(last_pruned_weights.unique().tolist()) == {1.0, 2.0}
+
+
+@pytest.mark.parametrize("max_epochs,delta,pruning", [
+    (8, 0.75, [True] * 6 + [False] * 2),
+    (8, 1.0, [True] * 8),
+    (8, 0.0, [False] * 8),
+    (4, 0.5, [True] * 2 + [False] * 2),
+])
+def test_infobatch_delta_sets_the_pruning_share(max_epochs, delta, pruning):
+    ib = InfoBatch(batch_size=32, seed=0, delta=delta)
+    assert [ib.prunes(e, max_epochs) for e in range(max_epochs)] == pruning
+    assert InfoBatch(32, 0, anneal=1 - delta).delta == delta                 # the deprecated alias
+
+
+def test_infobatch_resume_in_the_tail_keeps_the_leftover_weights():
+    """10 epochs (8.75): a checkpoint after the last pruning epoch restores the weights the tail uses."""
+    data = SyntheticImages(200)
+    ctx = _context(data, 32, max_epochs=10)
+    ib = InfoBatch(batch_size=32, seed=2)
+    fake_loss = torch.rand(200, generator=torch.Generator().manual_seed(4))
+    for epoch in range(8):
+        for b in ib.epoch(epoch, ctx):
+            ib.after_train_step(b, fake_loss[b.idx], torch.zeros(b.x.shape[0], 4))
+    again = InfoBatch(batch_size=32, seed=2)
+    again.load_state_dict(ib.state_dict(), CPU)
+    first, second = _epoch(ib, 8, ctx), _epoch(again, 8, ctx)
+    assert all(b.tag == "full" for b in first) and (torch.cat([b.weight for b in first]) == 2.0).any()
+    assert all(torch.equal(a.weight, c.weight) for a, c in zip(first, second))
+    older = {k: v for k, v in ib.state_dict().items() if k != "weights"}    # a checkpoint from before
+    legacy = InfoBatch(batch_size=32, seed=2)
+    legacy.load_state_dict(older, CPU)
+    assert all(b.weight is None for b in _epoch(legacy, 8, ctx))
 
 
 def test_infobatch_resume_gives_the_same_batches():
@@ -180,11 +260,26 @@ def test_infobatch_resume_gives_the_same_batches():
         assert all(torch.equal(a.weight, c.weight) for a, c in zip(first, second))
 
 
-@pytest.mark.parametrize("key,value", [("prune_ratio", 1.0), ("prune_ratio", -0.1), ("prune_ratio", True),
-                                       ("prune_ratio", "half"), ("anneal", 1.5), ("anneal", -0.01)])
+@pytest.mark.parametrize("key,value", [("prune_ratio", 1.0), ("prune_ratio", 0.95), ("prune_ratio", -0.1),
+                                       ("prune_ratio", True), ("prune_ratio", "half"), ("anneal", 1.5),
+                                       ("anneal", -0.01), ("delta", 1.5), ("delta", "most")])
 def test_infobatch_rejects_bad_values(key, value):
-    with pytest.raises(ConfigError, match=rf"^strategy\.{key}=.*accepted"):
+    with pytest.raises(ConfigError, match=rf"^strategy\.{key}=.*accepted") as info:
         build_strategy(OmegaConf.create({"name": "infobatch", key: value}), B, 0)
+    assert "\n" not in str(info.value)
+
+
+def test_infobatch_prune_ratio_cap_and_delta_anneal_exclusive():
+    """r <= 0.9 (InfoBatch clamps its keep ratio at >= 0.1; here larger r is refused); delta and its
+    deprecated alias anneal are mutually exclusive; neither: delta 0.875."""
+    assert InfoBatch(B, 0, prune_ratio=0.9).prune_ratio == 0.9
+    with pytest.raises(ConfigError, match=r"^strategy\.prune_ratio=0\.91: not accepted; accepted: a number in \[0, 0\.9\]"):
+        InfoBatch(B, 0, prune_ratio=0.91)
+    with pytest.raises(ConfigError, match=r"^strategy\.delta=0\.8, strategy\.anneal=0\.2: not accepted together"):
+        build_strategy(compose_config(["strategy=infobatch", "strategy.delta=0.8", "strategy.anneal=0.2"]).strategy, B, 0)
+    assert build_strategy(compose_config(["strategy=infobatch", "strategy.anneal=0.25"]).strategy, B, 0).delta == 0.75
+    assert build_strategy(compose_config(["strategy=infobatch", "strategy.delta=0.75"]).strategy, B, 0).delta == 0.75
+    assert InfoBatch(B, 0).params() == {"prune_ratio": 0.5, "delta": 0.875, "anneal": 0.125}
 
 
 # ------------------------------------------------------------------------------ Composer SB
@@ -254,7 +349,7 @@ def test_composer_interrupt_batches_are_full_and_window_is_start_end():
     ctx = _context(data, 32, max_epochs=10)
     sb = ComposerSB(batch_size=32, seed=0)
     assert sb.params() == {"keep": 0.5, "start": 0.5, "end": 0.9, "interrupt": 2, "scale_factor": 1.0,
-                           "rule": "sample", "select_mode": "train", "select_precision": "fp32"}
+                           "rule": "sample", "select_mode": "train_dropout", "select_precision": "train"}
     sizes = [32] * 6 + [8]
     for epoch in range(10):
         before = ctx.counters.snapshot()
@@ -269,6 +364,48 @@ def test_composer_interrupt_batches_are_full_and_window_is_start_end():
             assert trained == sizes and after["select_forwarded"] == before["select_forwarded"]
         assert after["considered"] - before["considered"] == 200
         assert after["kept"] - before["kept"] == sum(trained)
+
+
+class _Recording(nn.Module):
+    """Linear behind a dropout; records (dropout active, CPU autocast dtype or None) at each forward."""
+
+    def __init__(self):
+        super().__init__()
+        self.drop = nn.Dropout(0.5)
+        self.fc = nn.Linear(64, 4)
+        self.seen: list[tuple] = []
+
+    def forward(self, x):
+        amp = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None
+        self.seen.append((self.drop.training, amp))
+        return self.fc(self.drop(x.flatten(1)))
+
+
+@pytest.mark.parametrize("overrides,train_precision,expected", [
+    ({}, "fp32", (True, None)),                          # Composer: the model's training mode, dropout on,
+    ({}, "bf16", (True, torch.bfloat16)),                # in the training step's precision
+    ({"select_mode": "train"}, "bf16", (False, torch.bfloat16)),
+    ({"select_precision": "fp32"}, "bf16", (True, None)),
+    ({"select_mode": "eval", "select_precision": "fp16"}, "fp32", (False, torch.float16)),
+])
+def test_composer_selection_forward_mode_and_precision(overrides, train_precision, expected):
+    data = SyntheticImages(64)
+    torch.manual_seed(0)
+    model = _Recording()
+    ctx = _context(data, 16, max_epochs=2, model=model)
+    ctx.extras["precision"] = train_precision
+    sb = ComposerSB(batch_size=16, seed=0, start=0.0, interrupt=0, **overrides)
+    batches = _epoch(sb, 0, ctx)
+    assert model.seen == [expected] * 4 and [b.x.shape[0] for b in batches] == [8] * 4
+    assert model.training and model.drop.training                       # the model's mode is restored
+
+
+def test_composer_keeps_at_least_one_example():
+    """keep·n < 1 (keep 0.1 of a last batch of 4): one example is trained (Composer's int(keep·n) = 0)."""
+    data = SyntheticImages(20)
+    ctx = _context(data, 16, max_epochs=2)
+    sb = ComposerSB(batch_size=16, seed=0, keep=0.1, start=0.0, interrupt=0)
+    assert [b.x.shape[0] for b in _epoch(sb, 0, ctx)] == [1, 1]
 
 
 def test_composer_keep_one_never_selects():
@@ -342,9 +479,10 @@ def _check_unpacked_counters(trainer, summary):
 
 
 def test_infobatch_end_to_end(tmp_path, fmnist_root, small_bundle):
-    """2 epochs: epoch 0 has no scores (all 512 trained), epoch 1 prunes half the below-mean ones."""
-    trainer, summary = run_tiny(tmp_path, fmnist_root, ["strategy=infobatch", "train.max_epochs=2",
-                                                       "train.tensorboard=false"], bundle=small_bundle)
+    """2 epochs with delta 1: epoch 0 has no scores (all 512 trained), epoch 1 prunes half the below-mean ones."""
+    trainer, summary = run_tiny(tmp_path, fmnist_root, ["strategy=infobatch", "strategy.delta=1.0",
+                                                       "train.max_epochs=2", "train.tensorboard=false"],
+                                bundle=small_bundle)
     _check_unpacked_counters(trainer, summary)
     ib = trainer.strategy
     below = ib.last_epoch["below_mean"]
@@ -354,7 +492,7 @@ def test_infobatch_end_to_end(tmp_path, fmnist_root, small_bundle):
     assert snap["backpropped"] == 2 * N - ib.last_epoch["pruned"]
     assert [row["examples_considered"] for row in trainer.eval_rows] == [N, 2 * N]
     assert summary["strategy"] == "infobatch"
-    assert summary["strategy_params"] == {"prune_ratio": 0.5, "anneal": 0.125}
+    assert summary["strategy_params"] == {"prune_ratio": 0.5, "delta": 1.0, "anneal": 0.0}
     assert not torch.isnan(ib.scores).any()                 # every example trained in epoch 0
 
 
@@ -370,6 +508,7 @@ def test_composer_end_to_end(tmp_path, fmnist_root, small_bundle):
     assert snap["steps"] == 2 * (N // B)
     assert summary["phase_s"]["select_forward"] > 0
     assert summary["strategy_params"]["keep"] == 0.5
+    assert trainer.ctx.extras["precision"] == "fp32"             # select_precision: train resolves to it
 
 
 @pytest.mark.slow
@@ -379,7 +518,8 @@ def test_two_ranks_run_in_lockstep(name, tmp_path, fmnist_root):
     all 512, epoch 1 prunes (global score table); Composer: per-rank selection of 16 of each 32."""
     from test_distributed import torchrun
 
-    proc = torchrun(str(tmp_path / "run"), fmnist_root, [f"strategy={name}"])
+    extra = ["strategy.delta=1.0"] if name == "infobatch" else []        # epoch 1 of 2 prunes
+    proc = torchrun(str(tmp_path / "run"), fmnist_root, [f"strategy={name}", *extra])
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["world_size"] == 2

@@ -56,8 +56,8 @@ def test_constructors_are_keyword_typed():
     assert (sb.beta, sb.history, sb.select_batch_size, sb.seed) == (3.0, 64, 8, 1)
     assert SBStrategy(B, 0).select_batch_size == B
     assert Kath18(B, 0).presample == 3 * B and Uniform(B, 0).selectivity == pytest.approx(1 / 3)
-    assert InfoBatch(B, 0).params() == {"prune_ratio": 0.5, "anneal": 0.125}
-    assert ComposerSB(B, 0).select_mode == "train" and options(Traditional) == {}
+    assert InfoBatch(B, 0).params() == {"prune_ratio": 0.5, "delta": 0.875, "anneal": 0.125}
+    assert ComposerSB(B, 0).select_mode == "train_dropout" and options(Traditional) == {}
     with pytest.raises(TypeError):
         SBStrategy(B, 0, 2.0)                  # options are keyword-only
 
@@ -66,7 +66,7 @@ def test_constructors_are_keyword_typed():
     (SBStrategy, "history", 0, "an integer >= 1"),
     (SBStrategy, "prob_min", 1.5, r"a number in \[0.0, 1.0\]"),
     (SBStrategy, "select_batch_size", 0, "an integer >= 1 or null"),
-    (SBStrategy, "select_mode", "infer", "eval | train"),
+    (SBStrategy, "select_mode", "infer", "eval | train | train_dropout"),
     (SBStrategy, "select_precision", "fp8", "fp32 | bf16 | fp16"),
     (SBStrategy, "percentile", "median", "strict | inclusive"),
     (SBStrategy, "prime_epochs", -1, "an integer >= 0"),
@@ -75,6 +75,11 @@ def test_constructors_are_keyword_typed():
     (Kath18, "tau_momentum", 1.0, r"a number in \[0.0, 1.0\)"),
     (Kath18, "reweight", "yes", "true or false"),
     (Kath18, "gate_every", "batch", "epoch | step"),
+    (Kath18, "closed_tau", "loss", "train | score"),
+    (Kath18, "sampling", "uniform", "shuffle | replacement"),
+    (InfoBatch, "prune_ratio", 0.95, r"a number in \[0, 0.9\]"),
+    (InfoBatch, "delta", 1.5, r"a number in \[0, 1\]"),
+    (ComposerSB, "select_precision", "fp64", "train | fp32 | bf16 | fp16"),
 ])
 def test_constructor_refuses_bad_values_in_one_line(cls, key, value, accepted):
     with pytest.raises(ConfigError, match=rf"^strategy\.{key}={value!r}: not accepted; accepted: {accepted}") as info:

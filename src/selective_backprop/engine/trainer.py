@@ -81,7 +81,8 @@ class Trainer:
         self.n_train = len(self.source)
         self.ctx = PreemptibleContext(self.model, self.source, self.timer, self.counters, self.batch_size,
                                       self.device, dist=self.dist,
-                                      extras={"max_epochs": tcfg.get("max_epochs")})   # strategies/base.py run_epochs
+                                      extras={"max_epochs": tcfg.get("max_epochs"),   # strategies/base.py run_epochs
+                                              "precision": str(tcfg.get("precision", "fp32"))})
         self.progress = RunProgress(self.counters, self.timer, self.dist, self.unit, self.n_train,
                                     self.budget.weights)
         self.control = RunControl(self.budget, self.dist)

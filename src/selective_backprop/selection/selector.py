@@ -13,7 +13,7 @@ from selective_backprop.selection import rules
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-SELECT_MODES = ("eval", "train")      # BatchNorm mode of the selection forward
+SELECT_MODES = ("eval", "train", "train_dropout")   # the model's mode in the selection forward (selection_forward)
 # SB's defaults, written once for LossSelector, the drop-in (dropin.py) and the SB strategy (strategies/sb.py)
 HISTORY = 1024                        # R: losses in the rolling CDF (the authors' code)
 PERCENTILE = "strict"                 # the authors' percentile rule (rules.batch_percentiles)
@@ -81,14 +81,15 @@ def selection_forward(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
     """Forward without grad; returns (per-example losses, logits).
 
     `mode='eval'` (the authors' code) uses BatchNorm running statistics; `mode='train'` uses batch
-    statistics (and updates the running ones) with dropout still off.
+    statistics (and updates the running ones) with dropout still off; `mode='train_dropout'` is the
+    model's full training mode, dropout on (as Composer's selection forward).
 
     The model's train/eval mode is restored afterwards.
     """
     if mode not in SELECT_MODES:
-        raise ConfigError(f"strategy.select_mode={mode!r}: must be 'eval' or 'train'")
+        raise ConfigError(f"strategy.select_mode={mode!r}: must be one of {', '.join(SELECT_MODES)}")
     was_training = model.training
-    model.train(mode == "train")
+    model.train(mode != "eval")
     if mode == "train":                        # BatchNorm in train mode; dropout stays off
         for module in model.modules():
             if isinstance(module, torch.nn.modules.dropout._DropoutNd):

@@ -82,7 +82,7 @@ class Context:
     batch_size: int
     device: torch.device
     loss_fn: Callable = per_example_cross_entropy
-    extras: dict = field(default_factory=dict)
+    extras: dict = field(default_factory=dict)   # from the trainer: max_epochs, precision (train.*)
     dist: Dist = SINGLE                # data parallelism (distributed.py); SINGLE: one process
 
     def select_forward(self, x: torch.Tensor, y: torch.Tensor, mode: str, precision: str):

@@ -24,6 +24,7 @@ from selective_backprop.strategies import args as arg
 from selective_backprop.strategies.base import Context, Strategy, TrainBatch, run_epochs
 
 _INTERPOLATE_MODES = {3: "linear", 4: "bilinear", 5: "trilinear"}     # input dims -> mode (as Composer)
+TRAIN_PRECISION = "train"       # select_precision: the training step's precision (train.precision)
 
 
 def composer_rank_probabilities(n: int, keep: float, device: torch.device | None = None) -> torch.Tensor:
@@ -52,9 +53,12 @@ class ComposerSB(Strategy):
     when max_duration is in epochs: completed epochs / total), and within those every batch i of an
     epoch with (i + 1) % interrupt == 0 trains on the full batch (interrupt 0: never; 1: always, so
     no selection at all). keep = 1 never selects (Composer's `match` skips it). Outside: plain
-    batches of b, no selection forward. The selection forward uses `select_mode` (default train:
-    Composer forwards the model in its training mode; here BatchNorm uses batch statistics and
-    dropout is off) and `select_precision`; it is timed as select_forward, with the downscaling.
+    batches of b, no selection forward. The selection forward uses `select_mode` (default
+    train_dropout: Composer forwards the model in its training mode, BatchNorm batch statistics and
+    dropout on; `train` turns dropout off, `eval` uses running statistics) and `select_precision`
+    (default train: the training step's precision, train.precision, as Composer's precision
+    context; or fp32 | bf16 | fp16); it is timed as select_forward, with the downscaling. Unlike
+    Composer, whose int(keep·n) can be 0 (an empty batch), at least one example is kept.
 
     Counters: considered = every example; kept = examples trained on (= backpropped, no packing);
     select_forwarded = the examples of selected batches.
@@ -67,9 +71,10 @@ class ComposerSB(Strategy):
     name = "composer_sb"
 
     def __init__(self, batch_size: int, seed: int = 0, *, keep: float = 0.5, start: float = 0.5, end: float = 0.9,
-                 interrupt: int = 2, scale_factor: float = 1.0, rule: str = "sample", select_mode: str = "train",
-                 select_precision: str = "fp32"):
-        """Defaults are Composer's (select_mode train: Composer forwards the model in training mode)."""
+                 interrupt: int = 2, scale_factor: float = 1.0, rule: str = "sample",
+                 select_mode: str = "train_dropout", select_precision: str = "train"):
+        """Defaults are Composer's (its selection forward runs in the model's training mode and the
+        training precision)."""
         super().__init__(batch_size, seed)
         self.keep = arg.number("keep", keep, 0, 1, lo_open=True)
         self.start = arg.number("start", start, 0, 1)
@@ -81,7 +86,7 @@ class ComposerSB(Strategy):
         self.scale_factor = arg.number("scale_factor", scale_factor, 0, 1, lo_open=True)
         self.rule = arg.choice("rule", rule, ("sample", "topk"))
         self.select_mode = arg.choice("select_mode", select_mode, SELECT_MODES)
-        self.select_precision = arg.choice("select_precision", select_precision, tuple(PRECISIONS))
+        self.select_precision = arg.choice("select_precision", select_precision, (TRAIN_PRECISION, *PRECISIONS))
         self.generator = SeededGenerator(seed)
 
     def params(self) -> dict:
@@ -128,11 +133,17 @@ class ComposerSB(Strategy):
             chosen = ranks[draws]
         return torch.sort(chosen).values
 
+    def _precision(self, ctx: Context) -> str:
+        """The selection forward's precision; `train`: the training step's (ctx.extras["precision"])."""
+        if self.select_precision == TRAIN_PRECISION:
+            return str(ctx.extras.get("precision", "fp32"))
+        return self.select_precision
+
     def select(self, b: Batch, ctx: Context) -> TrainBatch:
         """Selection forward on the batch and the smaller batch to train on."""
         with ctx.timer.phase("select_forward"):
             x_small = self._downscale(b.x)
-            losses, _ = ctx.select_forward(x_small, b.y, self.select_mode, self.select_precision)
+            losses, _ = ctx.select_forward(x_small, b.y, self.select_mode, self._precision(ctx))
         keep = self.positions(losses)
         ctx.counters.add_kept(keep.shape[0])
         return TrainBatch(b.idx[keep], b.x[keep], b.y[keep], tag="selected")
