@@ -1,5 +1,6 @@
 """Issue 11: the authors' selection rules (SelectiveBackprop lib/calculators.py, lib/hist.py,
-lib/selectors.py, lib/fp_selectors.py, lib/backproppers.py) and Kath18's cost model.
+lib/selectors.py, lib/fp_selectors.py, lib/backproppers.py) and Kath18's cost model and τ (the
+authors' KathTrainer in lib/trainer.py).
 
 The authors' percentile rule is ported here by hand, independently of the library, as the reference.
 Statistical bounds are 5σ binomial with stated allowances; every random quantity is seeded.
@@ -300,17 +301,29 @@ def test_kath18_gate_every_step_reads_before_each_step(monkeypatch):
     assert len(reads) == len(batches) + 1                       # + the read that finds the stream empty
 
 
-def test_kath18_scores_closed_gate_batches_and_counts_them():
-    """score_while_closed=true (default): a closed-gate epoch of 200 examples runs the scoring forward
-    on all 200 (select_forwarded, timed as select_forward), τ learns from those scores, and the
-    training forward's losses do not update τ again; false: no scoring forward (the old behaviour)."""
+def test_kath18_scores_closed_gate_batches_and_tau_learns_from_training_losses():
+    """Defaults (the authors' KathTrainer.train_all, lib/trainer.py): a closed-gate epoch of 200
+    examples runs the scoring forward on all 200 (select_forwarded, timed as select_forward) but τ
+    does not learn from it; τ learns from the training forward's losses (after_train_step)."""
     ctx = _context(SyntheticImages(200), 16)
     k18 = _kath18()
+    assert (k18.score_while_closed, k18.closed_tau) == (True, "train")
     batches = list(k18.epoch(0, ctx))
     assert all(b.tag == "uniform_scored" for b in batches) and sum(b.idx.shape[0] for b in batches) == 200
     assert ctx.counters.select_forwarded == 200 and ctx.counters.considered == 200
     assert ctx.timer.totals["select_forward"] > 0
-    assert k18.tau is not None
+    assert k18.tau is None                                      # the scoring losses fed nothing
+    k18.after_train_step(batches[0], torch.tensor([1.0] + [0.0] * 15), torch.zeros(16, 4))
+    assert float(k18.tau) == pytest.approx(0.1 * 4.0, rel=1e-6)   # est sqrt(16) = 4, from the training losses
+
+
+def test_kath18_closed_tau_score_learns_from_the_scoring_forward():
+    """closed_tau: score: τ learns from the eval-mode scoring losses and the training losses do not
+    update it again; score_while_closed false: no scoring forward at all (idiap's cost)."""
+    ctx = _context(SyntheticImages(200), 16)
+    k18 = _kath18(closed_tau="score")
+    batches = list(k18.epoch(0, ctx))
+    assert ctx.counters.select_forwarded == 200 and k18.tau is not None
     tau = float(k18.tau)
     k18.after_train_step(batches[0], torch.ones(16), torch.zeros(16, 4))
     assert float(k18.tau) == tau
@@ -326,3 +339,9 @@ def test_kath18_new_keys_validated():
         _kath18(gate_every="batch")
     with pytest.raises(ConfigError, match=r"strategy\.score_while_closed"):
         _kath18(score_while_closed="yes")
+    with pytest.raises(ConfigError, match=r"^strategy\.closed_tau='loss': not accepted; accepted: train \| score$"):
+        _kath18(closed_tau="loss")
+    with pytest.raises(ConfigError, match=r"^strategy\.closed_tau='score': .*score_while_closed=false"):
+        _kath18(closed_tau="score", score_while_closed=False)
+    with pytest.raises(ConfigError, match=r"^strategy\.sampling='uniform': not accepted; accepted: shuffle \| replacement$"):
+        _kath18(sampling="uniform")

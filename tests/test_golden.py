@@ -35,9 +35,11 @@ CASES = {
     "sb": ["strategy=sb"],
     "stale_sb": ["strategy=stale_sb"],
     "kath18": ["strategy=kath18"],
-    # the gate opens (importance-sampled, reweighted batches) in this tiny run
+    # the gate opens (importance-sampled, reweighted batches) in this tiny run: τ learns from the
+    # eval-mode scoring losses, peakier here than the training ones; with-replacement sampling (idiap's)
     "kath18_open_gate": ["strategy=kath18", "strategy.selectivity=0.9", "strategy.gate_every=step",
-                         "strategy.tau_momentum=0.0", "strategy.reweight=true"],
+                         "strategy.tau_momentum=0.0", "strategy.reweight=true", "strategy.closed_tau=score",
+                         "strategy.sampling=replacement"],
     "uniform": ["strategy=uniform"],
     "infobatch": ["strategy=infobatch"],
     "composer_sb": ["strategy=composer_sb"],

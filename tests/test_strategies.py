@@ -192,7 +192,7 @@ def test_kath18_importance_batch_weights(reweight):
     epoch.close()
     assert batch.tag == "importance" and batch.x.shape[0] == 8
     assert torch.equal(batch.x, data.x[batch.idx]) and torch.equal(batch.y, data.y[batch.idx])
-    chunk = ctx.source.with_replacement(0, len(data))[:32]
+    chunk = ctx.source.permutation(0)[:32]                       # sampling: shuffle (default)
     assert torch.isin(batch.idx, chunk).all()
     snap = ctx.counters.snapshot()
     assert snap["considered"] == 32 and snap["select_forwarded"] == 32 and snap["kept"] == 8
@@ -207,18 +207,60 @@ def test_kath18_importance_batch_weights(reweight):
         assert batch.weight is None
 
 
-def test_kath18_closed_gate_gives_uniform_batches_and_learns_tau_from_training_losses():
+@pytest.mark.parametrize("sampling", ["shuffle", "replacement"])
+def test_kath18_closed_gate_gives_uniform_batches_and_learns_tau_from_training_losses(sampling):
+    """No scoring forward (score_while_closed false, idiap's cost): minibatches of b from the epoch's
+    stream (shuffle: one permutation; replacement: N uniform draws), τ from the training losses."""
     data = SyntheticImages(100)
     ctx = _context(data, 16)
-    k18 = _kath18(batch_size=16, selectivity=0.5, gate_every="step", score_while_closed="false")
+    k18 = _kath18(batch_size=16, selectivity=0.5, gate_every="step", score_while_closed="false", sampling=sampling)
     batches = list(k18.epoch(0, ctx))
     assert [b.x.shape[0] for b in batches] == [16] * 6 + [4]
     assert all(b.tag == "uniform" and b.weight is None for b in batches)
-    assert torch.equal(torch.cat([b.idx for b in batches]), ctx.source.with_replacement(0, 100))
+    stream = ctx.source.permutation(0) if sampling == "shuffle" else ctx.source.with_replacement(0, 100)
+    assert torch.equal(torch.cat([b.idx for b in batches]), stream)
     assert ctx.counters.considered == 100 and ctx.counters.select_forwarded == 0
     assert k18.tau is None
     k18.after_train_step(batches[0], torch.tensor([1.0] + [0.0] * 15), torch.zeros(16, 4))
     assert float(k18.tau) == pytest.approx(0.1 * 4.0, rel=1e-6)       # est sqrt(16) = 4
+
+
+@pytest.mark.parametrize("gate_every", ["epoch", "step"])
+def test_kath18_closed_gate_epochs_visit_every_example_exactly_once(gate_every):
+    """sampling: shuffle (default, the authors' shuffled DataLoader): 5 closed-gate epochs of 103
+    examples each train every example exactly once, in a different order each epoch; with
+    replacement (idiap's UniformSampler) an epoch of N draws leaves some examples out."""
+    n = 103
+    data = SyntheticImages(n)
+    ctx = _context(data, 16)
+    k18 = _kath18(batch_size=16, selectivity=0.5, gate_every=gate_every)
+    assert k18.sampling == "shuffle"
+    orders = []
+    for epoch in range(5):
+        batches = list(k18.epoch(epoch, ctx))
+        assert not k18.gate_open() and {b.tag for b in batches} == {"uniform_scored"}
+        idx = torch.cat([b.idx for b in batches])
+        assert torch.equal(idx.sort().values, torch.arange(n))
+        orders.append(idx.tolist())
+    assert len({tuple(o) for o in orders}) == 5
+    ctx_r = _context(data, 16)
+    drawn = torch.cat([b.idx for b in _kath18(batch_size=16, selectivity=0.5, sampling="replacement").epoch(0, ctx_r)])
+    assert drawn.shape[0] == n and drawn.unique().shape[0] < n
+
+
+def test_kath18_open_gate_epoch_scores_every_example_once():
+    """Open gate with sampling: shuffle: the epoch's presample chunks of B are consecutive slices of
+    one permutation, so every example is scored exactly once per epoch (the authors' pools)."""
+    data = SyntheticImages(100)
+    ctx = _context(data, 8)
+    k18 = _kath18(batch_size=8, selectivity=0.25)
+    k18._update_tau(torch.zeros(10_000).index_fill_(0, torch.tensor([0]), 1.0))   # τ = 10 > τ_th
+    batches = list(k18.epoch(0, ctx))
+    assert {b.tag for b in batches} == {"importance"} and len(batches) == 4        # chunks 32, 32, 32, 4
+    assert ctx.counters.select_forwarded == 100 and ctx.counters.considered == 100
+    order = ctx.source.permutation(0)
+    for i, b in enumerate(batches):
+        assert torch.isin(b.idx, order[32 * i:32 * (i + 1)]).all()
 
 
 # ------------------------------------------------------------------------------ Uniform and Stale-SB units
@@ -460,6 +502,37 @@ def test_kath18_end_to_end_counters(runs):
     assert snap["select_forwarded"] == snap["considered"]
     params = summary["strategy_params"]
     assert params["presample"] == 3 * B and params["tau_th"] == 2.0 and params["reweight"] is False
+    assert params["closed_tau"] == "train" and params["sampling"] == "shuffle"
+
+
+def test_kath18_closed_gate_tau_learns_from_the_training_forward(tmp_path, fmnist_root, small_bundle):
+    """Through the Trainer, defaults (the authors' train_all): the gate stays closed for 2 epochs; τ is
+    the EMA (momentum 0.9, from 0) of the variance-reduction estimate of the losses the trainer's
+    training forward handed to after_train_step, step by step, although every example also got the
+    scoring forward (select_forwarded = considered). Each epoch trains every example exactly once."""
+    from selective_backprop.engine.trainer import Trainer
+    cfg = tiny_config(fmnist_root, ["strategy=kath18", "train.max_epochs=2"] + COMMON)
+    trainer = Trainer(cfg, str(tmp_path / "run"), data_bundle=small_bundle)
+    k18 = trainer.strategy
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+    real_after = k18.after_train_step
+
+    def spy(batch, losses, logits):
+        seen.append((batch.idx.clone(), losses.clone()))
+        real_after(batch, losses, logits)
+    k18.after_train_step = spy
+    trainer.fit()
+    assert k18.importance_steps == 0 and len(seen) == k18.uniform_steps == 2 * N // B
+    tau = 0.0
+    for _, losses in seen:
+        tau = 0.9 * tau + 0.1 * float(rules.tau_estimate(losses))
+    assert float(k18.tau) == pytest.approx(tau, rel=1e-5)
+    snap = trainer.counters.snapshot()
+    assert snap["select_forwarded"] == snap["considered"] == 2 * N
+    per_step = N // B
+    for epoch in range(2):
+        idx = torch.cat([i for i, _ in seen[epoch * per_step:(epoch + 1) * per_step]])
+        assert torch.equal(idx.sort().values, torch.arange(N))
 
 
 def test_kath18_end_to_end_importance_path(tmp_path, fmnist_root, small_bundle):

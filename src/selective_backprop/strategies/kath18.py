@@ -15,26 +15,42 @@ from selective_backprop.strategies import args as arg
 from selective_backprop.strategies.base import Context, Strategy, TrainBatch, _ExampleStream
 
 
+CLOSED_TAU = ("train", "score")          # which losses τ learns from while the gate is closed
+SAMPLING = ("shuffle", "replacement")     # how an epoch's examples are drawn
+_CLOSED_TAGS = ("uniform", "uniform_scored")
+
+
 class Kath18(Strategy):
     """Katharopoulos & Fleuret 2018 with variable starting, as the paper ran it.
 
-    While τ ≤ τ_th: uniform minibatches of b. While τ > τ_th: presample B = b/s uniformly (with
-    replacement), score them in inference mode, update τ from those scores and train on b drawn
-    with replacement, p ∝ score. Not sticky. An epoch = N examples considered.
+    While τ ≤ τ_th: uniform minibatches of b. While τ > τ_th: take B = b/s examples, score them in
+    inference mode, update τ from those scores and train on b drawn with replacement, p ∝ score.
+    Not sticky. An epoch = N examples considered.
 
-    `gate_every: epoch` (default, the SelectiveBackprop authors' port): the gate is read once, at
-    the start of each epoch, and holds for the whole epoch; `step`: before every step (idiap's
-    importance-sampling ConditionalStartSampler). `score_while_closed: true` (default, the authors'
-    port): each closed-gate minibatch of b is scored by the inference-mode forward too (timed and
-    counted as select_forward) and τ learns from those scores; `false`: no scoring forward, τ learns
-    from the training forward's scores (idiap's reference, the project's behaviour before issue 11).
+    `sampling: shuffle` (default, the SelectiveBackprop authors' port: its KathTrainer reads a
+    shuffled DataLoader in both gate states): each epoch is one seeded permutation of the data, so a
+    closed-gate epoch trains every example exactly once and an open-gate epoch scores every example
+    exactly once; `replacement`: every example of the epoch is drawn uniformly with replacement
+    (idiap/importance-sampling's UniformSampler and ModelSampler; about 37 % unseen per epoch).
+
+    `gate_every: epoch` (default, the authors' port): the gate is read once, at the start of each
+    epoch, and holds for the whole epoch; `step`: before every step (idiap's ConditionalStartSampler).
+
+    Closed gate. `score_while_closed: true` (default, the authors' port): each minibatch of b also
+    gets the inference-mode scoring forward (timed and counted as select_forward). `closed_tau`:
+    which losses τ learns from while the gate is closed: `train` (default; the authors' `train_all`,
+    whose training pass overwrites each example's loss before τ is updated, and idiap's reference)
+    the training forward's (train mode, dropout on), so the scoring forward is paid for and its
+    losses unused; `score`: the scoring forward's (needs score_while_closed: true). With
+    `score_while_closed: false` there is no scoring forward (idiap's cost).
     """
 
     name = "kath18"
 
     def __init__(self, batch_size: int, seed: int = 0, *, selectivity: float = 1 / 3, score: str = "loss",
                  reweight: bool = False, tau_momentum: float = 0.9, select_mode: str = "eval",
-                 select_precision: str = "fp32", gate_every: str = "epoch", score_while_closed: bool = True):
+                 select_precision: str = "fp32", gate_every: str = "epoch", score_while_closed: bool = True,
+                 closed_tau: str = "train", sampling: str = "shuffle"):
         super().__init__(batch_size, seed)
         self.selectivity = arg.number("selectivity", selectivity, 0.0, 1.0, lo_open=True)
         self.presample = int(round(batch_size / self.selectivity))
@@ -49,6 +65,11 @@ class Kath18(Strategy):
         self.select_precision = arg.choice("select_precision", select_precision, tuple(PRECISIONS))
         self.gate_every = arg.choice("gate_every", gate_every, ("epoch", "step"))
         self.score_while_closed = arg.boolean("score_while_closed", score_while_closed)
+        self.closed_tau = arg.choice("closed_tau", closed_tau, CLOSED_TAU)
+        if self.closed_tau == "score" and not self.score_while_closed:
+            arg.fail("closed_tau", closed_tau, "train when strategy.score_while_closed=false (no scoring forward "
+                     "to learn from)")
+        self.sampling = arg.choice("sampling", sampling, SAMPLING)
         self.tau_th = rules.tau_threshold(self.presample, batch_size)
         self.tau: torch.Tensor | None = None
         self._tau_reader: LaggedReader | None = None
@@ -61,7 +82,8 @@ class Kath18(Strategy):
         return {"selectivity": self.selectivity, "presample": self.presample, "score": self.score,
                 "reweight": self.reweight, "tau_momentum": self.momentum, "tau_th": self.tau_th,
                 "select_mode": self.select_mode, "select_precision": self.select_precision,
-                "gate_every": self.gate_every, "score_while_closed": self.score_while_closed}
+                "gate_every": self.gate_every, "score_while_closed": self.score_while_closed,
+                "closed_tau": self.closed_tau, "sampling": self.sampling}
 
     def _scores(self, losses: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return losses if self.score == "loss" else rules.gradient_norm_scores(logits, y)
@@ -83,8 +105,7 @@ class Kath18(Strategy):
 
     def epoch(self, epoch: int, ctx: Context) -> Iterator[TrainBatch]:
         self.dist = ctx.dist
-        n = len(ctx.source)
-        stream = _ExampleStream(ctx.source.batches(ctx.source.with_replacement(epoch, n), self.batch_size, epoch))
+        stream = _ExampleStream(ctx.source.batches(self.order(epoch, ctx), self.batch_size, epoch))
         epoch_gate = self.gate_open() if self.gate_every == "epoch" else None
         while True:
             is_open = epoch_gate if epoch_gate is not None else self.gate_open()
@@ -93,11 +114,20 @@ class Kath18(Strategy):
                 return
             yield self._importance_batch(chunk, ctx) if is_open else self._uniform_batch(chunk, ctx)
 
+    def order(self, epoch: int, ctx: Context) -> torch.Tensor:
+        """The epoch's N examples: one shuffled pass (`sampling: shuffle`) or N uniform draws with
+        replacement (`replacement`)."""
+        if self.sampling == "shuffle":
+            return ctx.source.permutation(epoch)
+        return ctx.source.with_replacement(epoch, len(ctx.source))
+
     def _uniform_batch(self, chunk: Batch, ctx: Context) -> TrainBatch:
-        """Closed gate: train on the uniform minibatch; score it first if score_while_closed."""
+        """Closed gate: train on the minibatch; run the scoring forward first if score_while_closed
+        (τ learns from it only with closed_tau: score; otherwise after_train_step feeds τ)."""
         if self.score_while_closed:
             losses, logits = ctx.select_forward(chunk.x, chunk.y, self.select_mode, self.select_precision)
-            self._update_tau(self._scores(losses, logits, chunk.y))
+            if self.closed_tau == "score":
+                self._update_tau(self._scores(losses, logits, chunk.y))
         ctx.counters.considered += chunk.x.shape[0]
         ctx.counters.add_kept(chunk.x.shape[0])
         self.uniform_steps += 1
@@ -116,7 +146,8 @@ class Kath18(Strategy):
         return TrainBatch(chunk.idx[positions], chunk.x[positions], chunk.y[positions], weight, tag="importance")
 
     def after_train_step(self, batch: TrainBatch, losses: torch.Tensor, logits: torch.Tensor) -> None:
-        if batch.tag == "uniform":
+        """Closed gate with closed_tau: train: τ learns from the training forward's scores."""
+        if batch.tag in _CLOSED_TAGS and self.closed_tau == "train":
             self._update_tau(self._scores(losses, logits, batch.y))
 
     def state_dict(self) -> dict:
