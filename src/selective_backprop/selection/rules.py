@@ -117,7 +117,7 @@ def batch_percentiles(history: torch.Tensor, filled: int, losses: torch.Tensor) 
     capacity = history.shape[0]
     x = losses.detach().to(history.dtype)
     window = torch.cat([history[capacity - filled:], x])[-capacity:]
-    inf = torch.tensor(float("inf"), dtype=window.dtype, device=window.device)
+    inf = window.new_full((), float("inf"))      # a fill, not a host-to-device copy (that would sync on CUDA)
     ordered = torch.where(torch.isnan(window), inf, window).sort().values
     query = torch.where(torch.isnan(x), -inf, x)
     below = torch.searchsorted(ordered, query, right=False)
