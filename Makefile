@@ -6,7 +6,8 @@ PIP := $(VENV)/bin/pip
 RUNS_CPU := results/fashion_mnist_cpu
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-fast demo bench reproduce-regime reproduce-quick report-regime reproduce-table1 reproduce-table1-cpu report-cpu report-paper clean
+.PHONY: help setup test test-fast demo bench gpu-check gpu-check-dry reproduce-regime reproduce-quick report-regime \
+	reproduce-table1 reproduce-table1-1gpu report-1gpu reproduce-table1-cpu report-cpu report-paper clean
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-22s\033[0m %s\n", $$1, $$2}'
@@ -33,6 +34,14 @@ BENCH_ARGS ?=
 bench:  ## speed benchmark into results/bench/ (CPU ~4 min; GPU: BENCH_ARGS="--device cuda --model resnet18 --synthetic cifar")
 	$(PY) scripts/benchmark.py $(BENCH_ARGS)
 
+GPU_CHECK_ARGS ?=
+
+gpu-check:  ## every CUDA path in one run (<= 8 min on one H100) -> results/gpu/<device>.md/.json; no CUDA: one line, exit 0
+	$(PY) scripts/gpu_check.py $(GPU_CHECK_ARGS)
+
+gpu-check-dry:  ## gpu-check's same checks on the CPU at toy size (~2 min) -> outputs/gpu_check_dry/
+	$(PY) scripts/gpu_check.py --dry-run $(GPU_CHECK_ARGS)
+
 PAPER_SWEEPS := table1_cifar10 table1_cifar100 table1_svhn label_noise selectivity staleness
 PAPER_OUT := results/paper_scale
 SWEEP_ARGS ?=
@@ -47,6 +56,22 @@ report-paper:  ## Table 1, Pareto frontiers and figures from multirun/paper into
 	$(PY) scripts/make_table1.py multirun/paper --out $(PAPER_OUT)
 	$(PY) scripts/plot_pareto.py multirun/paper --out $(PAPER_OUT)
 	$(PY) scripts/plot_figures.py multirun/paper --out $(PAPER_OUT)/figures
+
+T1_1GPU_OUT := multirun/table1_1gpu
+RUNS_1GPU := results/cifar10_1gpu
+
+reproduce-table1-1gpu:  ## single-GPU Table 1 on real CIFAR10 (ResNet18, 40 epochs, 48 runs; an afternoon on one GPU), then report-1gpu
+	PYTHON=$(PY) bash scripts/table1_1gpu.sh $(T1_1GPU_OUT)
+	rm -rf $(RUNS_1GPU)/runs
+	$(PY) scripts/collect_runs.py $(T1_1GPU_OUT) $(RUNS_1GPU)/runs
+	$(MAKE) report-1gpu
+
+report-1gpu:  ## Table 1 (time, cost), strategy comparison, Pareto, figures 1/6/7 from results/cifar10_1gpu/runs
+	$(PY) scripts/make_table1.py $(RUNS_1GPU)/runs --out $(RUNS_1GPU)
+	$(PY) scripts/make_table1.py $(RUNS_1GPU)/runs --axis cost --out $(RUNS_1GPU)/cost_axis
+	$(PY) scripts/compare_strategies.py $(RUNS_1GPU)/runs --out $(RUNS_1GPU)
+	$(PY) scripts/plot_pareto.py $(RUNS_1GPU)/runs --out $(RUNS_1GPU)
+	$(PY) scripts/plot_figures.py $(RUNS_1GPU)/runs --which fig1,fig6,fig7 --out $(RUNS_1GPU)/figures
 
 T1_CPU_OUT := multirun/table1_cpu
 

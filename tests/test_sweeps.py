@@ -10,6 +10,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from conftest import CONF, REPO
+from omegaconf import OmegaConf
+from selective_backprop.engine.strategies import STRATEGIES
 
 SWEEPS = sorted(p.stem for p in (CONF / "sweep").glob("*.yaml"))
 TINY = ["dataset=fashion_mnist", "model=resnet8", "model.width=8", "dataset.subset=192", "train.max_epochs=2",
@@ -40,7 +42,35 @@ def test_every_sweep_job_composes(name):
         overrides = [f"sweep={name}"] + [f"{k}={v.split(',')[pick]}" for k, v in params.items()]
         with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
             cfg = compose(config_name="config", overrides=overrides)
-        assert cfg.strategy.name in ("traditional", "sb", "stale_sb", "kath18", "uniform")
+        assert cfg.strategy.name in STRATEGIES
+
+
+def test_table1_1gpu_sweep_is_the_papers_protocol_at_40_epochs():
+    """conf/sweep/table1_1gpu.yaml: 8 strategies x 2 schedule analogues x 3 seeds of ResNet18 on CIFAR10 with
+    the device loader, bf16 and channels_last; Traditional trains its 40 epochs, the rest borrow its cost."""
+    params = sweep_params("table1_1gpu")
+    experiments = params["experiment"].split(",")
+    assert experiments[0] == "cifar10_1gpu_traditional" and len(experiments) == 8       # Traditional runs first
+    assert params["lr_schedule"].split(",") == ["cifar10_e40", "cifar10_e40_s2"] and params["seed"] == "0,1,2"
+    seen = {}
+    for exp in experiments:
+        for schedule in ("cifar10_e40", "cifar10_e40_s2"):
+            with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+                cfg = compose(config_name="config", overrides=["sweep=table1_1gpu", f"experiment={exp}",
+                                                               f"lr_schedule={schedule}"])
+            assert (cfg.dataset.name, cfg.model.name, cfg.dataset.loader) == ("cifar10", "resnet18", "device")
+            assert (cfg.train.batch_size, cfg.train.precision, cfg.train.channels_last) == (128, "bf16", True)
+            assert cfg.lr_schedule.epochs == 40 and cfg.dataset.augment.cutout == 16
+            assert OmegaConf.to_container(cfg.train)["budget_from"] == "${hydra:sweep.dir}"
+            assert cfg.train.budget_axis == "cost" and cfg.train.max_time_s is None
+            capped = cfg.strategy.name in ("traditional", "infobatch", "composer_sb")   # their own schedule
+            assert cfg.train.max_epochs == (40 if capped else None), exp
+            assert list(cfg.lr_schedule.milestones) == ([12, 24, 32] if schedule == "cifar10_e40" else [10, 19, 26])
+            seen[exp] = (cfg.strategy.name, cfg.strategy.get("staleness"), cfg.strategy.get("selectivity"))
+    assert sorted(name for name, _, _ in seen.values()) == sorted(
+        ["traditional", "sb", "stale_sb", "stale_sb", "kath18", "uniform", "infobatch", "composer_sb"])
+    assert {n for _, n, _ in seen.values() if n is not None} == {2, 3}
+    assert all(abs(s - 1 / 3) < 1e-9 for name, _, s in seen.values() if name in ("sb", "stale_sb", "kath18", "uniform"))
 
 
 def _multirun(tmp_path, sweep, extra, fmnist_root):
