@@ -20,6 +20,26 @@ DEBIAN_FMNIST = Path(os.environ.get("SB_FASHION_MNIST_DIR", "/usr/share/datasets
 # pool waits on descheduled threads and runs small ops 10-50x slower (results/bench/cpu.md).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(1)
+# Deterministic cuBLAS for deterministic=true runs on a GPU (tests/test_cuda.py's exact resume); read when
+# cuBLAS starts, so set before any CUDA work. No effect on the CPU.
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """`cuda` tests (`gpu` is an alias) are skipped only for lack of CUDA, or of the GPUs they ask
+    for with @pytest.mark.cuda(gpus=N); `pytest -m cuda` selects them all (make gpu-check)."""
+    available = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    for item in items:
+        if item.get_closest_marker("gpu") is not None and item.get_closest_marker("cuda") is None:
+            item.add_marker(pytest.mark.cuda)
+        marker = item.get_closest_marker("cuda")
+        if marker is None:
+            continue
+        wanted = int(marker.kwargs.get("gpus", 1))
+        if available < wanted:
+            why = "needs a CUDA device" if available == 0 else f"needs {wanted} CUDA devices, {available} here"
+            item.add_marker(pytest.mark.skip(reason=why))
 
 
 def compose_config(overrides: list[str] | None = None) -> DictConfig:

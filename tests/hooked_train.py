@@ -1,14 +1,17 @@
 """`sb-train` with test hooks installed: the CLI tests' way to stop a real run at an exact point.
 
-    python tests/hooked_train.py [--pause-at POINT:EPOCH --marker FILE] [--rank-state-dir DIR] -- ARGS...
+    python tests/hooked_train.py [--pause-at POINT:EPOCH --marker FILE] [--rank-state-dir DIR]
+                                 [--patch-md5 ROOT] -- ARGS...
     torchrun --nproc_per_node=2 tests/hooked_train.py [...] -- ARGS...
 
 runs `python -m selective_backprop.train ARGS...` (the same main()) with a `Hooks` object installed
 (selective_backprop.engine.hooks), so the library itself reads no test switches:
 * --pause-at mid_epoch|eval|checkpoint_write:EPOCH  at that point write FILE, then sleep until a
   SIGTERM/SIGINT sets the preemption flag (or the test kills the process);
-* --rank-state-dir DIR  at the end of a finished run every rank saves its model state and its own
-  counters to DIR/rank<r>.pt (outside the run dir).
+* --rank-state-dir DIR  at the end of a finished run every rank saves its model state, its own
+  counters and its strategy's state (SB: the loss history) to DIR/rank<r>.pt (outside the run dir);
+* --patch-md5 ROOT  point torchvision's md5 tables at the generated dataset files under ROOT
+  (tests/datagen.py), so runs read generated CIFAR / SVHN files through the real data path.
 """
 
 from __future__ import annotations
@@ -42,7 +45,8 @@ class TestHooks(hooks.Hooks):
     def run_finished(self, trainer) -> None:
         if self.rank_state_dir:
             Path(self.rank_state_dir).mkdir(parents=True, exist_ok=True)
-            torch.save({"model": trainer.model.state_dict(), "counters": trainer.counters.snapshot()},
+            torch.save({"model": trainer.model.state_dict(), "counters": trainer.counters.snapshot(),
+                        "strategy": trainer.strategy.state_dict()},
                        Path(self.rank_state_dir) / f"rank{trainer.dist.rank}.pt")
 
 
@@ -53,7 +57,15 @@ def main() -> None:
     ap.add_argument("--pause-at")
     ap.add_argument("--marker")
     ap.add_argument("--rank-state-dir")
+    ap.add_argument("--patch-md5", metavar="ROOT")
     args = ap.parse_args(argv[:split])
+    if args.patch_md5:
+        import pytest
+
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        import datagen
+
+        datagen.patch_md5s(pytest.MonkeyPatch(), args.patch_md5)
     hooks.install(TestHooks(args.pause_at, args.marker, args.rank_state_dir))
     sys.argv = [sys.argv[0], *argv[split + 1:]]
     from selective_backprop.train import main as train_main

@@ -1,12 +1,12 @@
-"""The speed options: selection precision and batch size, channels_last, AMP training, the fast
-percentile path, and (on a GPU) a selection path that never waits for the host.
+"""The speed options: selection precision and batch size, channels_last, AMP training and the fast
+percentile path, on the CPU. Their CUDA side (no host syncs, AMP with the grad scaler, CUDA-event
+timing) is tests/test_cuda.py.
 
 No test here asserts a speed: timings are measured and judged by scripts/benchmark.py only.
 """
 
 from __future__ import annotations
 
-import itertools
 import math
 
 import pytest
@@ -218,54 +218,6 @@ def test_selector_stream_unchanged_by_batching():
         results.append((torch.cat(masks), torch.cat(probs)))
     for mask, probs in results[1:]:
         assert torch.equal(mask, results[0][0]) and torch.equal(probs, results[0][1])
-
-
-# ------------------------------------------------------------------------------- GPU only
-
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_sb_selection_path_never_waits_for_the_host(tmp_path, fmnist_root, fmnist_bundle):
-    """SB steps on CUDA with the device loader under sync_debug_mode('error'): no synchronizing call.
-
-    Selection forward, percentiles, draw, packing, the training step and the shuffle of the next
-    epoch run without a call that drains the device queue (.item(), a blocking copy, nonzero, ...).
-    The packer's LaggedReader waits on the CUDA event of the previous submission by design (the host
-    runs at most one selection batch ahead of the count it acts on); torch's sync debug mode does not
-    see Event.synchronize (c10's CUDAEvent::synchronize calls cudaEventSynchronize without the
-    sync-debug hook), so those waits are only counted here.
-    """
-    from selective_backprop.engine.trainer import Trainer
-    cfg = tiny_config(fmnist_root, ["device=cuda", "strategy=sb", "dataset.loader=device", "train.batch_size=16",
-                                    "strategy.select_batch_size=64", "train.tensorboard=false"])
-    trainer = Trainer(cfg, str(tmp_path / "run"), data_bundle=fmnist_bundle)
-    batches = trainer.strategy.epoch(0, trainer.ctx)
-    trainer.timer.resume()
-    for batch in itertools.islice(batches, 3):           # warm-up: allocations, cuDNN autotuning
-        trainer.train_step(batch)
-    torch.cuda.synchronize()
-    event_waits = []
-    synchronize = torch.cuda.Event.synchronize
-
-    def counting_synchronize(event):
-        event_waits.append(event.query())
-        return synchronize(event)
-
-    torch.cuda.Event.synchronize = counting_synchronize
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        steps = 0
-        for batch in itertools.islice(batches, 6):
-            trainer.train_step(batch)
-            steps += 1
-        nxt = trainer.source.batches(trainer.source.permutation(1), 64, 1)
-        losses, _ = trainer.ctx.select_forward(*next(nxt)[1:], "eval", "fp32")
-        trainer.strategy.selector.select(losses)
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
-        torch.cuda.Event.synchronize = synchronize
-    assert steps == 6 and event_waits
-    batches.close()
-    trainer.timer.pause()
 
 
 # ------------------------------------------------------------------------- the benchmark script
