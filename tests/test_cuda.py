@@ -32,11 +32,11 @@ import torch
 import datagen
 from conftest import REPO, tiny_config
 from selective_backprop.data.transforms import augment_batch
-from selective_backprop.engine.device_source import DeviceSource
-from selective_backprop.engine.source import TorchSource
-from selective_backprop.engine.timing import PhaseTimer
 from selective_backprop.engine.trainer import Trainer
 from selective_backprop.record import PHASES
+from selective_backprop.sources.device_source import DeviceSource
+from selective_backprop.sources.source import TorchSource
+from selective_backprop.timing import PhaseTimer
 from test_device_source import synthetic_bundle
 
 pytestmark = pytest.mark.cuda
