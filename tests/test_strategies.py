@@ -149,6 +149,36 @@ def test_kath18_gate_opens_and_closes_with_ema():
     assert k18.gate_open()
 
 
+def test_kath18_resume_restores_the_one_late_gate_reading(monkeypatch):
+    """On CUDA the gate reads τ one update late (LaggedReader, lag 1). A checkpoint keeps the τ the gate
+    sees as well as τ, so a resumed Kath18 reads the same values, and decides the same, as the
+    uninterrupted one from then on. Lag 1 is forced on the CPU here to stand in for CUDA."""
+    import selective_backprop.strategies.kath18 as kath18_module
+    from selective_backprop.selection.readback import LaggedReader
+
+    monkeypatch.setattr(kath18_module, "LaggedReader", lambda device, lag=None: LaggedReader(device, lag=1))
+    gen = torch.Generator().manual_seed(3)
+    stream = [torch.rand(384, generator=gen) ** 8 for _ in range(12)]
+    running = _kath18()
+    for scores in stream[:6]:
+        running._update_tau(scores)
+    state = copy.deepcopy(running.state_dict())
+    assert state["tau_seen"] != pytest.approx(state["tau"])          # the gate's view is one update old
+    resumed = _kath18()
+    resumed.load_state_dict(state)
+    for scores in stream[6:]:
+        assert resumed._tau_reader.value == running._tau_reader.value
+        assert resumed.gate_open() == running.gate_open()
+        running._update_tau(scores)
+        resumed._update_tau(scores)
+    assert float(resumed.tau) == float(running.tau)
+    old = {k: v for k, v in state.items() if k != "tau_seen"}       # a checkpoint written before tau_seen
+    legacy = _kath18()
+    legacy.load_state_dict(old)
+    legacy._update_tau(stream[6])
+    assert legacy._tau_reader.value == pytest.approx(state["tau"])
+
+
 def test_kath18_momentum_is_configurable():
     k18 = _kath18(tau_momentum=0.5)
     k18._update_tau(torch.tensor([1.0, 0, 0, 0]))            # est 2 → τ = 0.5·0 + 0.5·2 = 1

@@ -151,15 +151,21 @@ class Kath18(Strategy):
             self._update_tau(self._scores(losses, logits, batch.y))
 
     def state_dict(self) -> dict:
+        """τ, and `tau_seen`: the τ the gate reads now (on CUDA one update older than τ)."""
         tau = None if self.tau is None else float(self.tau)
-        return {"tau": tau, "generator": self.generator.state_dict(),
+        seen = None if self._tau_reader is None else float(self._tau_reader.value)
+        return {"tau": tau, "tau_seen": seen, "generator": self.generator.state_dict(),
                 "importance_steps": self.importance_steps, "uniform_steps": self.uniform_steps}
 
     def load_state_dict(self, state: dict, device: torch.device = torch.device("cpu")) -> None:
+        """Restores the reader as it was: showing `tau_seen`, with τ pending, so a resumed run's gate
+        reads what the uninterrupted run's read, one update late on CUDA as before."""
         self.generator.load_state_dict(state["generator"])
         self.importance_steps = int(state["importance_steps"])
         self.uniform_steps = int(state["uniform_steps"])
         if state["tau"] is not None:
             self.tau = torch.tensor(state["tau"], device=device)
-            self._tau_reader = LaggedReader(self.tau.device, lag=0)
-            self._tau_reader.submit(self.tau.to(torch.float64))
+            self._tau_reader = LaggedReader(self.tau.device)
+            seen = state.get("tau_seen")          # checkpoints before it: the gate reads τ itself
+            for value in (state["tau"] if seen is None else seen, state["tau"]):
+                self._tau_reader.submit(torch.tensor(value, dtype=torch.float64, device=self.tau.device))
