@@ -440,12 +440,13 @@ def environment(dry: bool) -> dict:
 
 
 def git_commit() -> str | None:
+    """This checkout's commit; $SB_GIT_COMMIT where the copy has no .git (a machine the tree was copied to)."""
     try:
         out = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
                              text=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired):
-        return None
-    return out.stdout.strip() or None
+        out = None
+    return (out.stdout.strip() if out and out.returncode == 0 else "") or os.environ.get("SB_GIT_COMMIT") or None
 
 
 def slug(env: dict) -> str:
@@ -486,13 +487,14 @@ def markdown(report: dict) -> str:
     models = (results.get("models") or {}).get("details", {})
     rows, setup = models.get("rows", []), models.get("setup")
     if rows:
-        how = (f"{setup['n_train']} generated CIFAR10-shaped images × {setup['epochs']} epoch(s), b = {setup['batch']}, "
-               f"the device loader, train.precision {setup['precision']}, channels_last {setup['channels_last']}"
-               if setup else "generated CIFAR10-shaped data")
+        how = (f"{setup['n_train']} generated CIFAR10-shaped images × {setup['epochs']} epoch(s), b = "
+               f"{setup['batch']}, the device loader, train.precision {setup['precision']}, channels_last "
+               f"{setup['channels_last']}" if setup else "generated CIFAR10-shaped data")
         out += ["", "## Paper models", "",
                 f"Traditional and SB (prime_epochs=0, selectivity 1/3) on {how}; one process, the runs one after the "
                 "other. *ideal* = (c_sel + s·c_train) / c_train from the SB run's own phase costs; "
-                "*overhead-normalised* = SB's time over its compute phases ÷ Traditional's (scripts/benchmark.py).", "",
+                "*overhead-normalised* = SB's time over its compute phases ÷ Traditional's "
+                "(scripts/benchmark.py).", "",
                 "| model | Trad img/s | SB img/s (considered) | eval img/s | peak MiB Trad / SB | SB ÷ Trad | ideal "
                 "| actual ÷ ideal | overhead-normalised | c_sel ÷ c_train | kept share | status |",
                 "|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -508,8 +510,9 @@ def markdown(report: dict) -> str:
     proj = report.get("projection")
     if proj:
         out += ["", "## Projected single-GPU Table 1", "",
-                f"`make reproduce-table1-1gpu`: {proj['runs']} runs × {proj['epochs']} epochs of CIFAR10 at the measured "
-                f"resnet18 rates ({proj['trad_img_s']:.0f} training / {proj['eval_img_s']:.0f} evaluation images/s): "
+                f"`make reproduce-table1-1gpu`: {proj['runs']} runs × {proj['epochs']} epochs of CIFAR10 at the "
+                f"measured resnet18 rates ({proj['trad_img_s']:.0f} training / {proj['eval_img_s']:.0f} evaluation "
+                "images/s): "
                 f"about **{proj['gpu_hours']:.1f} GPU-hours** ({60 * proj['hours_per_run']:.1f} min per run; every run "
                 "has Traditional's cost budget, InfoBatch and Composer-SB stop earlier; start-up not counted)."
                 + (" Dry run: CPU toy figures, not a projection." if proj["dry_run"] else "")]
@@ -608,7 +611,8 @@ def main(argv=None) -> int:
         print(f"gpu-check projection: make reproduce-table1-1gpu ≈ {proj['gpu_hours']:.1f} GPU-hours here "
               f"({proj['runs']} runs, resnet18 at {proj['trad_img_s']:.0f} img/s)")
     failed = [n for n, r in results.items() if r["status"] == "fail"]
-    print(f"gpu-check report: {out / (name + '.md')} ({len(failed)} failed{': ' + ', '.join(failed) if failed else ''})")
+    listed = ": " + ", ".join(failed) if failed else ""
+    print(f"gpu-check report: {out / (name + '.md')} ({len(failed)} failed{listed})")
     return 1 if failed else 0
 
 

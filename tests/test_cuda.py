@@ -194,8 +194,8 @@ def test_amp_training_on_cuda(precision, tmp_path):
     select_precision) run in the low-precision dtype, evaluation in fp32, weights stay fp32, the grad
     scaler is on for fp16 only with a finite scale, and every training loss is finite."""
     amp = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-    cfg = cuda_config(tmp_path, ["strategy=sb", f"train.precision={precision}", f"strategy.select_precision={precision}",
-                                 "train.channels_last=true"])
+    cfg = cuda_config(tmp_path, ["strategy=sb", f"train.precision={precision}",
+                                 f"strategy.select_precision={precision}", "train.channels_last=true"])
     trainer = Trainer(cfg, str(tmp_path / "run"), data_bundle=bundle())
     dtypes = []
     trainer.model.register_forward_hook(lambda module, args, out: dtypes.append((module.training, out.dtype)))
