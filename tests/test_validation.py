@@ -81,9 +81,18 @@ def test_cuda_without_gpu_is_refused(tmp_path):
         validate_config(cfg)
 
 
+# experiments run at a budget borrowed from their Traditional run (sweep=table1_1gpu sets train.budget_from)
+BORROWING = {f"cifar10_1gpu_{s}" for s in ("sb", "stale_sb_n2", "stale_sb_n3", "kath18", "uniform")}
+
+
 @pytest.mark.parametrize("name", sorted(p.stem for p in (CONF / "experiment").glob("*.yaml")) + [None])
 def test_shipped_configs_validate(name):
-    validate_config(compose_config([f"experiment={name}"] if name else []))
+    overrides = [f"experiment={name}"] if name else []
+    if name in BORROWING:       # alone they have no budget, and say how to give one
+        with pytest.raises(ConfigError, match=r"^no budget: .*\(or train\.budget_from\)$"):
+            validate_config(compose_config(overrides))
+        overrides.append("train.max_cost=1000")
+    validate_config(compose_config(overrides))
 
 
 def test_trainer_validates_too(tmp_path):
