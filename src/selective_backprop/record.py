@@ -24,6 +24,7 @@ logger = logging.getLogger(__name__)
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
 CHECKPOINT_FILE = "checkpoint.pt"
+LOCK_FILE = "run.lock"           # present while a process trains into the directory (engine/run_lock.py)
 TB_DIR = "tb"
 
 #: the timed phases of a training step, in display order (``phase_s`` in rows and summaries)
@@ -43,7 +44,8 @@ class Status(enum.StrEnum):
     BUDGET = "budget"            # stopped by a time/cost budget (a normal end)
     PREEMPTED = "preempted"      # stopped by a signal at an epoch boundary; resumable
     DIVERGED = "diverged"        # NaN/inf loss or the divergence rule
-    FAILED = "failed"            # any other error
+    FAILED = "failed"            # any other error, or a run that ended without one optimizer step
+    ABORTED = "aborted"          # stopped at once by a second SIGTERM/SIGINT; resumable from its checkpoint
 
 
 #: statuses of a run that has ended normally (usable by the analysis, a finished resume target)
@@ -54,11 +56,15 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     """Write `text` to `path` via a temp file + rename, so readers never see half a file."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:          # a full disk, a signal: the old file stays, no temp file is left
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def config_key(config: dict) -> str:

@@ -8,6 +8,7 @@ a run directory. Payloads therefore hold only tensors, numbers, strings, None, l
 
 from __future__ import annotations
 
+import errno
 import os
 import pickle
 from pathlib import Path
@@ -63,10 +64,20 @@ def save_checkpoint(payload: dict, path: str | Path, before_rename: Callable[[],
     """
     path = Path(path)
     tmp = path.with_name(f"{_TMP_PREFIX}{os.getpid()}")
-    with open(tmp, "wb") as f:
-        torch.save(to_plain(payload), f)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(to_plain(payload), f)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException as err:          # the previous checkpoint stays; no partial file is left
+        tmp.unlink(missing_ok=True)
+        full = _disk_full(err)
+        if full is not None:
+            kept = "the previous checkpoint.pt is kept" if path.exists() else "no checkpoint.pt was written yet"
+            raise DiskFullError(full.errno, f"no space left on the device of '{path.parent}' while writing "
+                                f"checkpoint.pt ({full.strerror}): {kept} and the partial file removed; free "
+                                f"some space and re-run the same command to resume") from err
+        raise
     if before_rename is not None:
         before_rename()
     os.replace(tmp, path)
@@ -78,6 +89,25 @@ def save_checkpoint(payload: dict, path: str | Path, before_rename: Callable[[],
             os.close(fd)
     except OSError:  # pragma: no cover - some filesystems cannot fsync a directory
         pass
+
+
+class DiskFullError(OSError):
+    """The device of the run directory is full (ENOSPC / EDQUOT); the message says what was kept."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+def _disk_full(err: BaseException) -> OSError | None:
+    """The ENOSPC / EDQUOT OSError behind `err` (torch.save reports it as a RuntimeError from its C++
+    writer, with the OSError as context), or None."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            return err
+        err = err.__cause__ or err.__context__
+    return None
 
 
 def check_world_size(path: str | Path, saved: int, running: int) -> None:
@@ -99,15 +129,28 @@ def saved_world_size(path: str | Path) -> int:
     return int(state.get("world_size", 1)) if isinstance(state, dict) else 1
 
 
+def _load_failure(err: BaseException) -> str:
+    """What went wrong, in a few words: torch's weights-only message names the unpickler's complaint and
+    advises loading with weights_only=False, which is never done with a run directory's files (it would run
+    whatever code the file holds), so that advice is left out."""
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    advice = ("Weights only load failed", "Please file an issue", "Check the documentation")
+    if lines and lines[0].startswith(advice[0]):
+        lines = [ln.replace("WeightsUnpickler error:", "").strip() for ln in lines if not ln.startswith(advice)]
+        lines = [ln for ln in lines if ln] or ["content a weights-only load refuses"]
+    first = lines[0] if lines else "unreadable"
+    return ". ".join(part for part in first.split(". ") if "weights_only" not in part) or "unreadable"
+
+
 def load_checkpoint(path: str | Path) -> dict:
     """The payload at `path`, loaded on the CPU with weights_only=True; ConfigError naming the file if unusable."""
     path = Path(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as err:
-        first = (str(err).strip().splitlines() or [""])[0]
-        raise ConfigError(f"checkpoint '{path}' cannot be loaded ({type(err).__name__}: {first}); "
-                          f"move it away to start the run over") from err
+        raise ConfigError(f"checkpoint '{path}' cannot be loaded ({type(err).__name__}: {_load_failure(err)}); "
+                          f"it is not a checkpoint this program wrote, or a damaged one; move it away to start "
+                          f"the run over") from err
     if not isinstance(state, dict) or state.get("format") != FORMAT_VERSION:
         found = state.get("format") if isinstance(state, dict) else type(state).__name__
         raise ConfigError(f"checkpoint '{path}' has format {found!r}; accepted: format {FORMAT_VERSION} "

@@ -26,6 +26,10 @@ class DivergedError(RuntimeError):
     """The training loss became NaN or infinite, or the test loss exploded (train.diverge_factor)."""
 
 
+class NoTrainingStep(RuntimeError):
+    """The run ended without a single optimizer step (its strategy never filled a training batch)."""
+
+
 class Preempted(RuntimeError):
     """SIGTERM/SIGINT stopped the run; its checkpoint is on disk and re-running the command resumes it."""
 
@@ -116,9 +120,14 @@ class RunControl:
 
 class DivergenceGuard:
     """Divergence checks: a non-finite training loss (accumulated on the device without a sync, checked at
-    each evaluation), a non-finite or exploded test loss, and test error at chance after a first LR
-    stage's worth of training. train.diverge_factor=None turns off the last two. Data parallel, every
-    rank sees the same evaluation and agrees on the training flag: all raise, or none."""
+    each evaluation), a non-finite or exploded test loss, and a run stuck at chance: test error at chance
+    after a first LR stage's worth of training and at least MIN_STEPS_AT_CHANCE optimizer steps, with a
+    test loss no lower than at any earlier evaluation that had fewer steps (not improving: a small run
+    learning slowly is still improving, and a few dozen steps cannot tell). train.diverge_factor=None
+    turns off the last two. Data parallel, every rank sees the same evaluation and agrees on the training
+    flag: all raise, or none."""
+
+    MIN_STEPS_AT_CHANCE = 100
 
     def __init__(self, factor: float | None, num_classes: int, milestones: list, n_train: int,
                  device: torch.device, dist: Dist):
@@ -144,7 +153,16 @@ class DivergenceGuard:
         m = self.first_milestone
         return m is not None and epochs >= m and backpropped >= m * self.n_train
 
-    def check_eval(self, error: float, test_loss: float, *, steps: int, epochs: float, backpropped: int) -> None:
+    def stuck_at_chance(self, error: float, test_loss: float, steps: int, earlier: list[dict]) -> bool:
+        """At chance and not improving: enough steps, and no lower test loss than every earlier evaluation
+        made with fewer steps (`earlier`: the run's metrics rows so far)."""
+        if steps < self.MIN_STEPS_AT_CHANCE or error < 0.98 * (1.0 - 1.0 / self.num_classes):
+            return False
+        before = [r["test_loss"] for r in earlier if r.get("step", steps) < steps and math.isfinite(r["test_loss"])]
+        return bool(before) and test_loss >= min(before)
+
+    def check_eval(self, error: float, test_loss: float, *, steps: int, epochs: float, backpropped: int,
+                   earlier: list[dict] = ()) -> None:
         where = f"by step {steps} (epoch {epochs:.2f})"
         if not math.isfinite(test_loss):      # weights blew up after the last (finite) training loss
             raise DivergedError(f"test loss became non-finite {where}; lower optimizer.lr or check the data")
@@ -155,9 +173,10 @@ class DivergenceGuard:
         chance = 1.0 - 1.0 / classes
         if test_loss > limit:
             why = f"test loss {test_loss:.4g} > train.diverge_factor x ln({classes}) = {limit:.4g}"
-        elif self.past_first_stage(epochs, backpropped) and error >= 0.98 * chance:
-            why = (f"test error {error:.4f} is at chance ({chance:.2f}) after a first LR stage's worth of "
-                   f"training (epoch {self.first_milestone}, and as many examples backpropped)")
+        elif self.past_first_stage(epochs, backpropped) and self.stuck_at_chance(error, test_loss, steps, list(earlier)):
+            why = (f"test error {error:.4f} is at chance ({chance:.2f}) and its test loss {test_loss:.4g} no lower "
+                   f"than at earlier evaluations, after a first LR stage's worth of training (epoch "
+                   f"{self.first_milestone}, and as many examples backpropped) and {steps} steps")
         else:
             return
         raise DivergedError(f"{why} {where}; lower optimizer.lr, or set train.diverge_factor=null to keep "

@@ -98,7 +98,7 @@ class Evaluator:
         counts = self.progress.counts()
         epochs = self.progress.epochs()
         self.guard.check_eval(error, test_loss, steps=counts["steps"], epochs=epochs,
-                              backpropped=counts["backpropped"])
+                              backpropped=counts["backpropped"], earlier=self.rows)
         iv = self.interval
         n_trained = self.dist.sum_ints([iv["trained"]])[0]
         loss_total, noisy_total = self.dist.sum_floats([float(iv["loss_sum"]), float(iv["noisy"])])

@@ -28,13 +28,15 @@ from selective_backprop import distributed
 from selective_backprop.engine import checkpoint as ckpt
 from selective_backprop.engine import hooks as test_hooks
 from selective_backprop.engine.budget import resolve_budget
-from selective_backprop.engine.control import (PREEMPTION, DivergedError, DivergenceGuard, Preempted,  # noqa: F401
-                                               PreemptibleContext, RunControl, StopReason, StopRequested)
+from selective_backprop.engine.control import (PREEMPTION, DivergedError, DivergenceGuard, NoTrainingStep,  # noqa: F401
+                                               Preempted, PreemptibleContext, RunControl, StopReason,
+                                               StopRequested)
 from selective_backprop.engine.evaluation import Evaluator
 from selective_backprop.engine.progress import RunProgress, progress_mode
 from selective_backprop.engine.run_state import RunState
 from selective_backprop.engine.runtime import AMP_DTYPES, lr_factor, resolve_device, set_determinism  # noqa: F401
 from selective_backprop.engine.writer import NullRecorder, RunRecorder
+from selective_backprop.errors import ConfigError
 from selective_backprop.record import FINISHED, Status
 from selective_backprop.sources.device_source import build_source
 from selective_backprop.sources.source import derive_seed
@@ -79,6 +81,7 @@ class Trainer:
                               self.timer, int(tcfg.get("num_workers", 0)), bool(tcfg.get("channels_last", False)))
         self.source = self.dist.shard(source)
         self.n_train = len(self.source)
+        self._check_one_batch_per_epoch()
         self.ctx = PreemptibleContext(self.model, self.source, self.timer, self.counters, self.batch_size,
                                       self.device, dist=self.dist,
                                       extras={"max_epochs": tcfg.get("max_epochs"),   # strategies/base.py run_epochs
@@ -120,6 +123,18 @@ class Trainer:
         finally:
             if first:
                 self.dist.barrier(timeout_s=4 * 3600)
+
+    def _check_one_batch_per_epoch(self) -> None:
+        """Refuse (ConfigError, before any record is written) a strategy that trains only full batches when
+        one epoch holds fewer examples than a batch: it would never take an optimizer step."""
+        if self.strategy.full_batches_only and self.batch_size > self.n_train:
+            total = self.n_train * self.dist.world_size
+            subset = self.cfg.dataset.get("subset")
+            where = f"dataset.subset={subset}" if subset is not None else f"the {total} examples of the training set"
+            raise ConfigError(f"train.batch_size={self.global_batch_size}: larger than the {total} training examples "
+                              f"an epoch considers ({where}); strategy {self.strategy.name} trains on full batches "
+                              f"only, so it would never take an optimizer step; accepted: train.batch_size <= "
+                              f"{total}, or more training examples (dataset.subset)")
 
     def _build_model(self) -> torch.nn.Module:
         from selective_backprop.models import build_model
@@ -178,6 +193,12 @@ class Trainer:
             self._record_failure(Status.DIVERGED, str(err))
             self.dist.barrier()
             raise
+        except NoTrainingStep as err:         # steps are equal on every rank: all raise
+            self._record_failure(Status.FAILED, str(err))
+            raise
+        except KeyboardInterrupt as err:      # a second signal (train.install_preemption_handlers)
+            self._record_failure(Status.ABORTED, str(err) or "interrupted", collective=False)
+            raise
         except Exception as err:
             self._record_failure(Status.FAILED, f"{type(err).__name__}: {err}", collective=False)
             raise
@@ -196,10 +217,21 @@ class Trainer:
         if reason is StopReason.PREEMPTED:
             self.state.write_boundary(self)
             return reason.status
+        if self.counters.steps == 0:
+            self._no_step(reason)
         if self.evaluator.last_step() != self.counters.steps:
             self._evaluate()
         self.state.write(self, self.state.capture(self, finished=reason.status), self.next_epoch)
         return reason.status
+
+    def _no_step(self, reason: StopReason) -> None:
+        """A run that ended (budget or epochs) without one optimizer step trained nothing: raise NoTrainingStep."""
+        kept = self.progress.counts()["kept"]
+        raise NoTrainingStep(
+            f"no optimizer step in {self.progress.epochs():.2f} epochs (stopped by {reason.value}): strategy "
+            f"{self.strategy.name} kept {kept} examples, fewer than one training batch (train.batch_size="
+            f"{self.global_batch_size}); accepted: a smaller train.batch_size, more training examples "
+            f"(dataset.subset), a larger budget, or a larger strategy.selectivity")
 
     def _record_failure(self, status: Status, message: str, collective: bool = True) -> None:
         self.status = status

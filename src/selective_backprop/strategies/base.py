@@ -101,6 +101,7 @@ class Strategy:
     """
 
     name = "base"
+    full_batches_only = False      # True: trains only on full batches of batch_size (the rest waits)
 
     def __init__(self, batch_size: int, seed: int = 0):
         self.batch_size = batch_size
@@ -126,6 +127,8 @@ class _Packing(Strategy):
     """Shared by SB, Stale-SB and Uniform: kept examples queue up and leave in full batches.
 
     `beta` OR `selectivity` (β = 1/s − 1; both given must agree; neither: β = 2, s = 1/3)."""
+
+    full_batches_only = True
 
     def __init__(self, batch_size: int, seed: int = 0, *, beta: float | None = None,
                  selectivity: float | None = None):
