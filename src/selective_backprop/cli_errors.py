@@ -27,10 +27,49 @@ def _bad_input_types() -> tuple[type[BaseException], ...]:
     return (ConfigError, HydraException)
 
 
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _suggest(word: str, choices: list[str]) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(word, choices, n=1)
+    return f"; did you mean {close[0]}?" if close else ""
+
+
+def describe_config_error(err: BaseException) -> str:
+    """One line for an error Hydra or OmegaConf raised while composing or resolving the config: the
+    field or option named, with the accepted names (Hydra's own text spans several lines)."""
+    from omegaconf.errors import InterpolationResolutionError, OmegaConfBaseException
+
+    options = getattr(err, "options", None)
+    missing = getattr(err, "missing_cfg_file", None)
+    if options and missing and "/" in str(missing):            # strategy=sbb, model=resnet9
+        group, option = str(missing).rsplit("/", 1)
+        return (f"{group.replace('/', '.')}={option}: no such option; accepted: {' | '.join(options)}"
+                f"{_suggest(option, list(options))}")
+    cause = err if isinstance(err, OmegaConfBaseException) else err.__cause__
+    key = getattr(cause, "full_key", None)
+    if key and "not in struct" in str(cause):                    # train.max_epoch=5
+        from selective_backprop.validate import all_known_keys
+
+        return (f"{key}: unknown key; accepted: a key the config files define{_suggest(key, sorted(all_known_keys()))}"
+                f" (a new key is added with +{key}=...)")
+    if isinstance(cause, InterpolationResolutionError):
+        first = (str(cause).strip().splitlines() or [""])[0]
+        where = f"{key}: " if key else ""
+        return f"{where}cannot resolve an interpolation ({first}); accepted: a value, or an interpolation that resolves"
+    text = _one_line(str(err))
+    if err.__cause__ is not None and str(err.__cause__) not in str(err):
+        text += f" ({_one_line((str(err.__cause__).strip().splitlines() or [''])[0])})"
+    return text
+
+
 def report_bad_input(err: BaseException) -> int:
     """Print `ERROR <message>` (one line: whitespace runs collapsed) to stderr; returns 2."""
-    message = " ".join(str(err).split()) or type(err).__name__
-    print(f"ERROR {message}", file=sys.stderr, flush=True)
+    message = describe_config_error(err) if not isinstance(err, ConfigError) else _one_line(str(err))
+    print(f"ERROR {message or type(err).__name__}", file=sys.stderr, flush=True)
     return EXIT_BAD_INPUT
 
 

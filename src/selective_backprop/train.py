@@ -4,12 +4,16 @@ Re-running a command with the same output directory (`hydra.run.dir=...`) resume
 checkpoint.pt, or returns at once if it already finished. Exit codes (single run):
 
 * 0  completed, stopped by the time budget, or already complete;
-* 2  refused before any work: a bad config value, missing/corrupted data, or an output directory
-     holding a different run (one ERROR line naming the field or file; nothing is written there);
+* 2  refused before any work: a bad config value, key or option, missing/corrupted data, an output
+     directory that is a file or not writable, holds a different run, or is in use by another live
+     process (run.lock), or a finished run whose evaluations cannot be rebuilt (one ERROR line naming
+     the field or file; nothing is written there);
 * 3  diverged: the training loss became NaN/inf (one ERROR line; summary.json status "diverged");
-* 1  any other failure during the run (summary.json status "failed", with the error);
+* 1  any other failure during the run (summary.json status "failed", with the error); one ERROR line
+     for a run that ended without one optimizer step and for a full disk;
 * 75 preempted by SIGTERM/SIGINT (EX_TEMPFAIL from sysexits.h): the checkpoint is on disk and
-     re-running the same command resumes it; a cluster's requeue can act on this code.
+     re-running the same command resumes it; a cluster's requeue can act on this code;
+* 128 + signal: aborted by a second SIGTERM/SIGINT (summary.json status "aborted"; resumable).
 
 In a Hydra multirun (`-m`) a failing job raises instead of exiting, so Hydra records it as failed and
 runs the remaining jobs; Hydra then reports the first failure and exits 1. Preemption stops the sweep (75).
@@ -21,11 +25,13 @@ they all use rank 0's output directory, and only rank 0 writes there (Hydra's ow
 
 from __future__ import annotations
 
+import errno
 import logging
 import signal
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -111,18 +117,35 @@ _keep_snapshot_backups()
 def run(cfg: DictConfig, output_dir: str, data_bundle=None) -> float:
     """Train one run described by `cfg`, writing its record to `output_dir`; returns the final test error.
 
-    Validates the config and the output directory first (ConfigError, nothing written); resumes from
-    `output_dir`/checkpoint.pt when it holds this run; returns the recorded error at once when this run
-    already finished there. Raises Preempted when SIGTERM/SIGINT stopped it (see train.main).
+    Validates the config and the output directory first (ConfigError, nothing written); takes the
+    directory's lock (engine/run_lock.py: a second live process is refused with RunDirLocked) for the
+    whole run; resumes from `output_dir`/checkpoint.pt when it holds this run; returns the recorded
+    error at once when this run already finished there (rebuilding its metrics.jsonl from checkpoint.pt
+    if that file was truncated or deleted). Raises Preempted when SIGTERM/SIGINT stopped it (see
+    train.main), NoTrainingStep when it ended without an optimizer step.
     """
-    from selective_backprop.engine import checkpoint as ckpt
+    from selective_backprop.cli_errors import check_output_dir
     from selective_backprop import distributed
-    from selective_backprop.engine.trainer import Preempted, Trainer
-    from selective_backprop.validate import check_run_dir, validate_config
+    from selective_backprop.engine.run_lock import lock_run_dir
+    from selective_backprop.validate import validate_config
 
     validate_config(cfg)
+    check_output_dir(output_dir, "hydra.run.dir")
+    with lock_run_dir(output_dir, distributed.current()):
+        return _run_locked(cfg, output_dir, data_bundle)
+
+
+def _run_locked(cfg: DictConfig, output_dir: str, data_bundle=None) -> float:
+    from selective_backprop.engine import checkpoint as ckpt
+    from selective_backprop import distributed
+    from selective_backprop.engine.record_repair import repair_metrics
+    from selective_backprop.engine.trainer import Preempted, Trainer
+    from selective_backprop.validate import check_run_dir
+
     state = check_run_dir(cfg, output_dir)
     if state.finished:
+        if distributed.current().is_main:
+            repair_metrics(output_dir, state.summary)
         error = state.summary.get("final_test_error")
         log.info("run dir %s already holds this run, finished (%s): final test error %s; nothing to do",
                  output_dir, state.summary["status"], error)
@@ -162,12 +185,20 @@ def _signal_name() -> str:
     return signal.Signals(PREEMPTION.signum).name if PREEMPTION.signum is not None else "?"
 
 
+class Aborted(KeyboardInterrupt):
+    """A second SIGTERM/SIGINT: the run stops at once (summary.json status "aborted"; exit 128 + signal)."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"second {signal.Signals(signum).name}")
+        self.signum = signum
+
+
 def install_preemption_handlers(repeat_grace_s: float = 0.0) -> None:
     """SIGTERM/SIGINT set the trainer's preemption flag (the CLI process only; never in library use).
 
     The trainer stops at the next step boundary, writes the last epoch boundary's checkpoint and
-    summary.json status "preempted"; main() exits 75. A second signal aborts at once (KeyboardInterrupt);
-    checkpoint.pt is written atomically, so the one on disk stays valid. A second signal within
+    summary.json status "preempted"; main() exits 75. A second signal aborts at once (Aborted, a
+    KeyboardInterrupt: summary.json status "aborted", exit 128 + signal); checkpoint.pt is written atomically, so the one on disk stays valid. A second signal within
     `repeat_grace_s` of the first is taken for the same request and ignored: data-parallel workers can
     get the cluster's SIGTERM and torchrun's forwarded copy of it.
     """
@@ -179,7 +210,7 @@ def install_preemption_handlers(repeat_grace_s: float = 0.0) -> None:
         if PREEMPTION.requested:
             if first and time.monotonic() - first[0] < repeat_grace_s:
                 return
-            raise KeyboardInterrupt(f"second {signal.Signals(signum).name}: aborting")
+            raise Aborted(signum)
         first[:] = [time.monotonic()]
         PREEMPTION.request(signum)
 
@@ -201,7 +232,8 @@ def _quiet_nonzero_rank() -> None:
 def _hydra_main(cfg: DictConfig) -> float:
     """Hydra entry: returns the final test error (what a sweeper optimises); exit codes in the module doc."""
     from selective_backprop import distributed
-    from selective_backprop.engine.trainer import DivergedError, Preempted
+    from selective_backprop.engine.run_lock import RunDirLocked
+    from selective_backprop.engine.trainer import DivergedError, NoTrainingStep, Preempted
 
     hydra_cfg = HydraConfig.get()
     output_dir = hydra_cfg.runtime.output_dir
@@ -214,6 +246,7 @@ def _hydra_main(cfg: DictConfig) -> float:
         output_dir = dist.agree_output_dir(output_dir)
     # errors every rank meets alike (config, divergence, preemption) are reported by rank 0 alone
     report = log.warning if dist.is_main else log.debug
+    failure = log.error if dist.is_main else log.debug
     from selective_backprop.validate import check_added_keys
     try:
         check_added_keys(hydra_cfg.overrides.task, hydra_cfg.runtime.choices)    # `+typo=...`
@@ -223,16 +256,43 @@ def _hydra_main(cfg: DictConfig) -> float:
         sys.exit(EXIT_PREEMPTED)
     except (ConfigError, DivergedError) as err:
         kind = "diverged: " if isinstance(err, DivergedError) else ""
-        (log.error if dist.is_main else log.debug)("%s%s", kind, err)
+        failure("%s%s", kind, err)
         if isinstance(err, ConfigError) and dist.is_main:
             _restore_snapshot(output_dir)           # a refused job leaves the directory as it was
-            if multirun:
+            if multirun and not isinstance(err, RunDirLocked):     # never write into another run's directory
                 write_failed_job_summary(cfg, output_dir, err)
         if multirun:        # Hydra's launcher marks this job failed and runs the others
             raise
         sys.exit(EXIT_DIVERGED if isinstance(err, DivergedError) else EXIT_CONFIG)
+    except NoTrainingStep as err:
+        failure("trained nothing: %s (summary.json status \"failed\")", err)
+        if multirun:
+            raise
+        sys.exit(EXIT_FAILED)
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        failure("%s", _disk_full_message(err))
+        if multirun:
+            raise
+        sys.exit(EXIT_FAILED)
+    except KeyboardInterrupt as err:       # a second SIGTERM/SIGINT (Aborted), or Ctrl-C without handlers
+        failure("aborted by %s: summary.json status \"aborted\"; re-run the same command (same hydra.run.dir) "
+                "to resume from the last checkpoint.pt", str(err) or "SIGINT")
+        sys.exit(128 + getattr(err, "signum", signal.SIGINT))
     finally:
         _forget_snapshot(output_dir)
+
+
+def _disk_full_message(err: OSError) -> str:
+    """One line for a full device during the run (the checkpoint writer's message says what it kept)."""
+    from selective_backprop.engine.checkpoint import DiskFullError
+
+    if isinstance(err, DiskFullError):
+        return str(err)
+    where = f" writing '{err.filename}'" if err.filename else ""
+    return (f"no space left on the device{where} ({err.strerror}): the records so far and the last checkpoint.pt "
+            f"are kept; free some space and re-run the same command to resume")
 
 
 # Overrides that keep Hydra itself from writing into the run directory on a data-parallel rank r > 0
@@ -240,14 +300,106 @@ def _hydra_main(cfg: DictConfig) -> float:
 _NONZERO_RANK_HYDRA = ("hydra.output_subdir=null", "hydra/job_logging=stdout")
 
 
+def _raised_in_task(err: BaseException) -> bool:
+    """Whether `err` came out of the task function (the run) rather than Hydra's own preparation."""
+    task = getattr(_hydra_main, "__wrapped__", _hydra_main).__code__
+    tb = err.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code is task:
+            return True
+        tb = tb.tb_next
+    return False
+
+
+# The output directory of the job Hydra is preparing (and whether it is a sweep's), as Hydra's own config
+# last named it: Hydra resets that config when preparing the directory fails, so it is kept here.
+_JOB_DIR: dict[str, Any] = {}
+
+
+def _remember_job_dir() -> None:
+    """Wrap HydraConfig.set_config so the job's output directory is known when Hydra fails to create it
+    (see _output_dir_problem). Idempotent."""
+    original = HydraConfig.set_config
+    if getattr(original, "_remembers", False):
+        return
+
+    def set_config(self, cfg):
+        output_dir = OmegaConf.select(cfg, "hydra.runtime.output_dir", default=None, throw_on_resolution_failure=False)
+        if output_dir:
+            _JOB_DIR.update(dir=str(output_dir), multirun=OmegaConf.select(cfg, "hydra.mode", default=None)
+                            == RunMode.MULTIRUN)
+        return original(self, cfg)
+
+    set_config._remembers = True
+    HydraConfig.set_config = set_config
+
+
+def _output_dir_problem() -> str | None:
+    """The one-line reason Hydra could not prepare the job's output directory (a file, under a file, not
+    writable), or None when it is usable or not known yet."""
+    from selective_backprop.cli_errors import check_output_dir
+
+    if not _JOB_DIR.get("dir"):
+        return None
+    try:
+        check_output_dir(_JOB_DIR["dir"], "hydra.sweep.dir" if _JOB_DIR.get("multirun") else "hydra.run.dir")
+    except ConfigError as err:
+        return str(err)
+    return None
+
+
+def _before_task_message(err: Exception) -> str | None:
+    """One line for an error Hydra raised before the task ran: a config it could not compose or resolve
+    (unknown key, unknown option, bad interpolation or syntax), or an unusable output directory."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from selective_backprop.cli_errors import describe_config_error
+
+    if isinstance(err, (HydraException, OmegaConfBaseException)):
+        return describe_config_error(err)
+    return _output_dir_problem()
+
+
+def _one_line_config_errors() -> None:
+    """Hydra prints its composition errors over several lines (or a traceback: an output directory that
+    is a file, a log file that cannot be opened) and exits 1. Wrap its `run_and_report` so such an error,
+    raised before the task runs, becomes one `ERROR ...` line with the valid names and exit 2 (as every
+    other refused input); errors of the run itself keep Hydra's handling. Idempotent."""
+    import hydra._internal.utils as hydra_internal
+
+    from selective_backprop.cli_errors import report_bad_input
+
+    original = hydra_internal.run_and_report
+    if getattr(original, "_one_line", False):
+        return
+
+    def run_and_report(func):
+        def guarded():
+            try:
+                return func()
+            except Exception as err:
+                message = None if _raised_in_task(err) else _before_task_message(err)
+                if message is None:
+                    raise
+                sys.exit(report_bad_input(ConfigError(message)))
+        return original(guarded)
+
+    run_and_report._one_line = True
+    hydra_internal.run_and_report = run_and_report
+
+
 def main() -> None:
     """Console entry point (`sb-train`, `python -m selective_backprop.train`): Hydra's main, after telling
-    Hydra on a data-parallel rank r > 0 not to write its files (see _NONZERO_RANK_HYDRA)."""
+    Hydra on a data-parallel rank r > 0 not to write its files (see _NONZERO_RANK_HYDRA) and to report a
+    config it cannot compose in one line (_one_line_config_errors)."""
     from selective_backprop import distributed
 
     if distributed.launched_world_size() > 1 and distributed.launched_rank() > 0:
         given = {arg.split("=", 1)[0].lstrip("+~") for arg in sys.argv[1:] if "=" in arg}
         sys.argv += [o for o in _NONZERO_RANK_HYDRA if o.split("=", 1)[0] not in given]
+    _one_line_config_errors()
+    _remember_job_dir()
     _hydra_main()
 
 

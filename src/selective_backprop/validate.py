@@ -24,7 +24,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from selective_backprop.errors import ConfigError
 from selective_backprop.record import CHECKPOINT_FILE, FINISHED, SUMMARY_FILE, config_key
+
 PRECISIONS = ("fp32", "bf16", "fp16")
+MAX_SEED = 2 ** 63
 _MISSING = object()
 
 
@@ -86,8 +88,8 @@ def _in_range(cfg: Any, field: str, lo: float, hi: float, hi_open: bool, default
 
 def _check_top(cfg: Any) -> None:
     seed = _get(cfg, "seed", 0)
-    if not _is_int(seed) or seed < 0:
-        _fail("seed", seed, "an integer >= 0")
+    if not _is_int(seed) or not 0 <= seed < MAX_SEED:
+        _fail("seed", seed, "an integer in [0, 2^63) (torch seeds are 64-bit)")
     _boolean(cfg, "deterministic", False)
     device = _get(cfg, "device", "auto")
     name = str(device)
@@ -212,8 +214,22 @@ def _check_budgets(cfg: Any) -> None:
     resolve_budget(cfg)
 
 
+def check_resolvable(cfg: DictConfig) -> None:
+    """Raise ConfigError naming the key whose interpolation (`${oc.env:VAR}`, `${a.b}`) cannot be resolved."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException as err:
+        first = (str(err).strip().splitlines() or [""])[0]
+        key = getattr(err, "full_key", None) or "config"
+        raise ConfigError(f"{key}: cannot resolve its interpolation ({first}); accepted: a value, or an "
+                          f"interpolation that resolves (e.g. an environment variable that is set)") from None
+
+
 def validate_config(cfg: DictConfig) -> None:
     """Raise ConfigError (one line: field and accepted range) for the first unusable value in `cfg`."""
+    check_resolvable(cfg)
     _check_top(cfg)
     _check_train(cfg)
     _check_optimizer(cfg)
@@ -320,6 +336,32 @@ def known_keys(choices: Mapping[str, Any]) -> set[str]:
     return keys
 
 
+def all_known_keys() -> set[str]:
+    """Key paths any config file defines (config.yaml and every option of every group): the names a
+    misspelt key is compared with before the config is composed."""
+    from selective_backprop.conf import CONFIG_DIR
+
+    conf = Path(CONFIG_DIR)
+    keys = _option_keys(conf / "config.yaml", "")
+    for path in conf.rglob("*.yaml"):
+        group = path.parent.relative_to(conf).as_posix()
+        if group != "." and not group.startswith("hydra"):
+            keys |= _option_keys(path, group.replace("/", "."))
+    return keys
+
+
+def _options_defining(key: str) -> list[str]:
+    """`group=option` for each option of `key`'s config group that defines `key` (e.g. strategy.staleness
+    -> strategy=stale_sb)."""
+    from selective_backprop.conf import CONFIG_DIR
+
+    group = key.split(".")[0]
+    folder = Path(CONFIG_DIR) / group
+    if not folder.is_dir():
+        return []
+    return [f"{group}={path.stem}" for path in sorted(folder.glob("*.yaml")) if key in _option_keys(path, group)]
+
+
 def check_added_keys(overrides: Sequence[str], choices: Mapping[str, Any]) -> None:
     """Refuse a key added with `+key=value` / `++key=value` that no config file defines (a typo such as
     `+train.max_epoch=5` would otherwise be ignored and the run train with the defaults).
@@ -331,6 +373,8 @@ def check_added_keys(overrides: Sequence[str], choices: Mapping[str, Any]) -> No
     from selective_backprop.conf import CONFIG_DIR
 
     known: set[str] | None = None
+    if OmegaConf.is_config(overrides):        # the strings as typed: `${...}` in a value is not resolved here
+        overrides = OmegaConf.to_container(overrides, resolve=False)
     for override in OverridesParser.create().parse_overrides(list(overrides)):
         key = override.key_or_group
         if not (override.is_add() or override.is_force_add()) or key.split(".")[0].split("/")[0] == "hydra":
@@ -339,6 +383,12 @@ def check_added_keys(overrides: Sequence[str], choices: Mapping[str, Any]) -> No
             continue
         known = known_keys(choices) if known is None else known
         if key not in known:
+            others = _options_defining(key)
+            if others:
+                selected = f"{key.split('.')[0]}={choices.get(key.split('.')[0])}"
+                raise ConfigError(f"{key}: not a key of {selected} (added with '+'); it is a key of "
+                                  f"{' | '.join(others)}: select that option (e.g. {others[0]} "
+                                  f"{key}={override.value()})")
             close = difflib.get_close_matches(key, sorted(known), n=1)
             hint = f"; did you mean {close[0]}?" if close else ""
             raise ConfigError(f"{key}: unknown key (added with '+'); accepted: a key that config.yaml or "
