@@ -257,7 +257,10 @@ def _diagnose(
     )
 
 
-def _check_arrays(images: torch.Tensor, targets: torch.Tensor, name: str, where: Path) -> Arrays:
+def _check_arrays(images: torch.Tensor, targets: torch.Tensor, name: str, where: Path,
+                  labels_where: Path | None = None) -> Arrays:
+    """The arrays, checked: shapes, and labels in range (a label problem is reported under `labels_where`,
+    the labels' own file, when they have one)."""
     info = DATASET_INFO[name]
     expected = (info.in_channels, *info.image_size)
     if images.dim() != 4 or tuple(images.shape[1:]) != expected or targets.shape != (images.shape[0],):
@@ -266,8 +269,10 @@ def _check_arrays(images: torch.Tensor, targets: torch.Tensor, name: str, where:
             f"{tuple(targets.shape)}; expected [N, {', '.join(map(str, expected))}] and [N]"
         )
     if targets.numel() and (int(targets.min()) < 0 or int(targets.max()) >= info.num_classes):
+        bad = targets[(targets < 0) | (targets >= info.num_classes)]
         raise DataError(
-            f"dataset.root: {info.title} file '{where}' has labels outside [0, {info.num_classes})"
+            f"dataset.root: {info.title} file '{labels_where or where}' has labels outside "
+            f"[0, {info.num_classes}) (e.g. {int(bad[0])}; corrupted?); delete it and fetch it again"
         )
     return images, targets.to(torch.int64)
 
@@ -389,8 +394,9 @@ def _load_fashion_mnist(root: Path, download: bool) -> tuple[Arrays, Arrays]:
     splits = []
     for train in (True, False):
         ds = torchvision.datasets.FashionMNIST(str(root), train=train, download=False)
-        where = fmd.raw_folder(root) / f"{'train' if train else 't10k'}-images-idx3-ubyte"
-        splits.append(_check_arrays(ds.data.unsqueeze(1), ds.targets, "fashion_mnist", where))
+        prefix = fmd.raw_folder(root) / ("train" if train else "t10k")
+        splits.append(_check_arrays(ds.data.unsqueeze(1), ds.targets, "fashion_mnist",
+                                    Path(f"{prefix}-images-idx3-ubyte"), Path(f"{prefix}-labels-idx1-ubyte")))
     return splits[0], splits[1]
 
 
