@@ -8,6 +8,11 @@ strategy, the cost and training time it took to reach Traditional's final error 
 Traditional, with one line above the table saying whether SB paid off here, and writes a plot of test
 error against cost with the target line. The setup is the regime-map point in `results/regime/` (see the
 README's "When does SB pay off?").
+
+A strategy whose run diverges (or trains nothing) is reported in the table and the verdict line with its
+status; when Traditional itself does not finish there is no budget, and the others train for its schedule's
+epochs. SIGTERM/SIGINT stop the run in progress as `sb-train` does (checkpointed, exit 75: re-running the
+same command resumes it); a second signal aborts (exit 128 + signal).
 """
 
 from __future__ import annotations
@@ -28,11 +33,13 @@ from selective_backprop.analysis.records import load_runs  # noqa: E402
 from selective_backprop.analysis.table1 import time_to_target  # noqa: E402
 from selective_backprop.cli_errors import check_output_dir, exits_on_bad_input  # noqa: E402
 from selective_backprop.conf import CONFIG_DIR  # noqa: E402
-from selective_backprop.record import SUMMARY_FILE  # noqa: E402
-from selective_backprop.train import run  # noqa: E402
+from selective_backprop.engine.control import DivergedError, NoTrainingStep, Preempted  # noqa: E402
+from selective_backprop.record import FINISHED, SUMMARY_FILE  # noqa: E402
+from selective_backprop.train import EXIT_PREEMPTED, Aborted, install_preemption_handlers, run  # noqa: E402
 
 STRATEGIES = ("traditional", "sb", "uniform")
 FACTOR = 1.2
+LOG = logging.getLogger("demo")
 NO_AUGMENT = ("dataset.augment.crop_padding=0", "dataset.augment.hflip=false")
 
 
@@ -62,28 +69,47 @@ def _overrides(args: argparse.Namespace, strategy: str) -> list[str]:
 
 
 def train_one(args: argparse.Namespace, strategy: str, out: Path, budget: float | None) -> dict:
+    """Train (or resume, or find finished) one strategy's run; its summary.json. A run that diverges or
+    trains nothing is recorded so (status diverged / failed, with the error) and reported, not raised."""
     overrides = _overrides(args, strategy)
     if budget is not None:
         overrides += ["train.max_epochs=null", f"train.max_cost={budget}"]
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose(config_name="config", overrides=overrides)
-    run(cfg, str(out / strategy))
+    try:
+        run(cfg, str(out / strategy))
+    except (DivergedError, NoTrainingStep) as err:
+        LOG.warning("%s: %s", strategy, err)
     return json.loads((out / strategy / SUMMARY_FILE).read_text())
 
 
-def results(out: Path, names: list[str]) -> list[dict]:
-    """Per strategy: final error, budget spent, and cost / time to Traditional's final error x FACTOR."""
-    runs = load_runs([out / n for n in names])
-    evals = {s: g for s, g in runs.evals.groupby("strategy")}
-    finals = dict(zip(runs.runs["strategy"], runs.runs["final_test_error"]))
-    target = finals["traditional"] * FACTOR
+def _reason(summary: dict) -> str:
+    """A non-finished run's error, up to its advice ("...; lower optimizer.lr ...")."""
+    return str(summary.get("error") or f"status {summary.get('status')}").split(";")[0]
+
+
+def results(out: Path, summaries: dict[str, dict]) -> list[dict]:
+    """Per strategy: final error, budget spent, and cost / time to Traditional's final error x FACTOR;
+    a run that did not finish (diverged, trained nothing) keeps its status and error, its numbers NaN."""
+    names = list(summaries)
+    usable = [n for n in names if summaries[n].get("status") in FINISHED]
+    runs = load_runs([out / n for n in usable]) if usable else None
+    evals = {s: g for s, g in runs.evals.groupby("strategy")} if runs is not None else {}
+    finals = dict(zip(runs.runs["strategy"], runs.runs["final_test_error"])) if runs is not None else {}
+    target = finals["traditional"] * FACTOR if "traditional" in finals else math.nan
     rows = []
     for name in names:
-        ev = evals[name]
-        rows.append({"strategy": name, "final_error": finals[name], "target": target,
-                     "cost": float(ev["cost"].iloc[-1]), "train_s": float(ev["train_s"].iloc[-1]),
-                     "epochs": float(ev["epoch"].iloc[-1]), "backpropped": int(ev["examples_backpropped"].iloc[-1]),
-                     "cost_to": time_to_target(ev, target, "cost"), "time_to": time_to_target(ev, target, "train_s")})
+        s = summaries[name]
+        row = {"strategy": name, "status": s.get("status"), "reason": _reason(s), "target": target,
+               "final_error": math.nan, "cost": float(s.get("cost") or 0.0), "train_s": float(s.get("train_s") or 0.0),
+               "epochs": float(s.get("epochs") or 0.0), "backpropped": int(s.get("examples_backpropped") or 0),
+               "cost_to": math.nan, "time_to": math.nan}
+        if name in evals:
+            ev = evals[name]
+            row.update(final_error=finals[name], cost=float(ev["cost"].iloc[-1]), train_s=float(ev["train_s"].iloc[-1]),
+                       epochs=float(ev["epoch"].iloc[-1]), backpropped=int(ev["examples_backpropped"].iloc[-1]),
+                       cost_to=time_to_target(ev, target, "cost"), time_to=time_to_target(ev, target, "train_s"))
+        rows.append(row)
     base = rows[0]
     for r in rows:
         r["speedup_cost"] = base["cost_to"] / r["cost_to"] if not math.isnan(r["cost_to"]) else math.nan
@@ -94,9 +120,15 @@ def results(out: Path, names: list[str]) -> list[dict]:
 def verdict(rows: list[dict]) -> str:
     """One line: did SB reach Traditional's error x 1.2 for less than Traditional spent?"""
     by = {r["strategy"]: r for r in rows}
-    sb = by.get("sb")
+    trad, sb = by["traditional"], by.get("sb")
+    if trad["status"] not in FINISHED:
+        others = "; ".join(f"{r['strategy']} {r['status']}" for r in rows[1:] if r["status"] not in FINISHED)
+        return (f"No verdict: Traditional {trad['status']} ({trad['reason']}), so there is no budget or target to "
+                f"compare with" + (f"; {others} too." if others else "."))
     if sb is None:
         return "SB was not run."
+    if sb["status"] not in FINISHED:
+        return f"SB did NOT pay off here: it {sb['status']} ({sb['reason']})."
     target = f"Traditional's final error x {FACTOR:g} ({100 * sb['target']:.1f} %)"
     if math.isnan(sb["cost_to"]):
         return (f"SB did NOT pay off here: with Traditional's whole budget it never reached {target} "
@@ -106,7 +138,8 @@ def verdict(rows: list[dict]) -> str:
     uniform = by.get("uniform")
     beside = ""
     if uniform is not None:
-        beside = (" ; the uniform control never got there" if math.isnan(uniform["cost_to"])
+        beside = (f" ; the uniform control {uniform['status']}" if uniform["status"] not in FINISHED
+                  else " ; the uniform control never got there" if math.isnan(uniform["cost_to"])
                   else f" ; the uniform control: {uniform['speedup_cost']:.2f}x")
     return f"SB reached {target} {sb['speedup_cost']:.2f}x sooner than Traditional in cost{beside}."
 
@@ -120,7 +153,8 @@ def table(rows: list[dict]) -> str:
             "train s to target | speedup (time) |")
     lines = [head, "|" + "---|" * 9]
     for r in rows:
-        lines.append(f"| {r['strategy']} | {100 * r['final_error']:.2f} % | {r['epochs']:.1f} | {r['backpropped']:,} | "
+        final = f"{100 * r['final_error']:.2f} %" if r["status"] in FINISHED else str(r["status"])
+        lines.append(f"| {r['strategy']} | {final} | {r['epochs']:.1f} | {r['backpropped']:,} | "
                      f"{r['cost']:,.0f} | {_x(r['cost_to'])} | {_x(r['speedup_cost'], 2)}x | "
                      f"{_x(r['time_to'], 1)} | {_x(r['speedup_time'], 2)}x |")
     return "\n".join(lines)
@@ -135,9 +169,11 @@ def plot(out: Path, names: list[str], target: float) -> Path:
     fig, ax = plt.subplots(figsize=(6.4, 4))
     for name, ev in runs.evals.groupby("strategy", sort=False):
         ax.plot(ev["cost"], 100 * ev["test_error"], marker=".", label=name)
-    ax.axhline(100 * target, color="black", ls="--", lw=0.9, label=f"Traditional final x {FACTOR:g}")
+    if not math.isnan(target):
+        ax.axhline(100 * target, color="black", ls="--", lw=0.9, label=f"Traditional final x {FACTOR:g}")
     ax.set(xlabel="cost (forward-equivalent units, evaluation excluded)", ylabel="test error (%)",
-           title="Fashion-MNIST, resnet8, equal budget", ylim=(0, min(100, 300 * target)))
+           title="Fashion-MNIST, resnet8, equal budget",
+           ylim=(0, 100 if math.isnan(target) else min(100, 300 * target)))
     ax.grid(alpha=0.3)
     ax.legend()
     path = out / "error_vs_cost.png"
@@ -146,22 +182,40 @@ def plot(out: Path, names: list[str], target: float) -> Path:
     return path
 
 
+def train_all(args: argparse.Namespace, out: Path) -> dict[str, dict]:
+    """Traditional first; the others get its measured cost as their budget (its schedule's epochs when it
+    did not finish: there is no cost to give them). Each strategy's summary.json, by name."""
+    summaries: dict[str, dict] = {}
+    budget = None
+    for name in args.names:
+        summaries[name] = train_one(args, name, out, budget)
+        if name == "traditional" and summaries[name].get("status") in FINISHED:
+            budget = float(summaries[name]["cost"])     # Traditional's measured cost: everyone's budget
+    return summaries
+
+
 @exits_on_bad_input
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     args = parse_args(argv)
     out = check_output_dir(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    budget = None
-    for name in args.names:
-        summary = train_one(args, name, out, budget)
-        if budget is None:
-            budget = float(summary["cost"])     # Traditional's measured cost: everyone's budget
-    rows = results(out, args.names)
+    install_preemption_handlers()       # SIGTERM/SIGINT: the run stops at a step, checkpointed (exit 75)
+    try:
+        summaries = train_all(args, out)
+    except Preempted as err:
+        LOG.warning("%s", err)
+        return EXIT_PREEMPTED
+    except Aborted as err:
+        LOG.error("aborted by %s: summary.json status \"aborted\"; re-run the same command to resume", err)
+        return 128 + err.signum
+    rows = results(out, summaries)
     text = verdict(rows) + "\n\n" + table(rows)
     (out / "table.md").write_text(text + "\n")
     print(text)
-    print(f"\nplot: {plot(out, args.names, rows[0]['target'])}\nruns: {out}/<strategy>/ (metrics.jsonl, summary.json)")
+    finished = [n for n in args.names if summaries[n].get("status") in FINISHED]
+    figure = plot(out, finished, rows[0]["target"]) if finished else "none (no run finished)"
+    print(f"\nplot: {figure}\nruns: {out}/<strategy>/ (metrics.jsonl, summary.json)")
     return 0
 
 

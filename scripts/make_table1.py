@@ -12,7 +12,8 @@ best configuration), table1_seeds.csv (every paired seed behind the intervals), 
 (runs whose timing is out of line; left out of the time axes), and prints the paper-layout table.
 --axis picks the measure the speedups compare (time = train_s, the paper's, default); --schedules keeps
 only runs whose LR schedule ends in _NAME (e.g. sched1). Definitions: selective_backprop/analysis/table1.py
-and paired.py. Exits 1 with a one-line error when no usable run is found.
+and paired.py. Exits 1 with a one-line error when no usable run is found (or --schedules leaves
+none: the error lists the schedules found), 2 when a RUN_DIR does not exist.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     add_axis_arguments(ap)
     args = ap.parse_args(argv)
     setup_logging(args.verbose)
-    runs = usable_runs(args.run_dirs)
+    runs = usable_runs(args.run_dirs, args.schedules)
     if runs is None:
         return 1
     options = {"include_noisy": args.include_noisy, "axis": args.axis, "schedules": args.schedules}

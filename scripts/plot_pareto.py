@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     add_axis_arguments(ap)
     args = ap.parse_args(argv)
     setup_logging(args.verbose)
-    runs = usable_runs(args.run_dirs)
+    runs = usable_runs(args.run_dirs, args.schedules)
     if runs is None:
         return 1
     options = {"include_noisy": args.include_noisy, "axis": args.axis, "schedules": args.schedules,

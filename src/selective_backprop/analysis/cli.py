@@ -7,6 +7,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from selective_backprop.analysis.records import NoUsableRunsError, RunSet, load_runs, require_runs
@@ -63,15 +64,27 @@ def fail(message: str) -> int:
     return 1
 
 
-def usable_runs(run_dirs: list[str]) -> RunSet | None:
-    """The usable runs under `run_dirs`, or None after printing the one-line error."""
+def usable_runs(run_dirs: list[str], schedules: list[str] | None = None) -> RunSet | None:
+    """The usable runs under `run_dirs` (those of `schedules` when given: --schedules), or None after
+    printing the one-line error. A RUN_DIR that does not exist ends the script (one ERROR line, exit 2)."""
+    missing = [d for d in run_dirs if not Path(d).exists()]
+    if missing:
+        sys.exit(report_bad_input(ConfigError(f"RUN_DIR: '{missing[0]}' does not exist; accepted: run "
+                                              f"directories or folders holding them")))
     try:
-        return require_runs(load_runs(run_dirs), run_dirs)
+        runs = require_runs(load_runs(run_dirs), run_dirs)
     except NoUsableRunsError as exc:
         fail(str(exc))
         return None
     except ConfigError as exc:      # a bad input file: one ERROR line, exit 2
         sys.exit(report_bad_input(exc))
+    kept = runs.with_schedules(schedules)
+    if len(kept) == 0:
+        found = " ".join(sorted({str(s) for s in runs.runs["lr_schedule"]}))
+        fail(f"--schedules {' '.join(schedules or [])} leaves no run: the {len(runs)} usable run(s) under "
+             f"{', '.join(run_dirs)} have the LR schedule(s) {found}")
+        return None
+    return runs
 
 
 def table_report(args: argparse.Namespace, name: str, build: Callable[[RunSet], Any],

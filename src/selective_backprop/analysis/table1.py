@@ -79,8 +79,8 @@ def drop_nan_seeds(runset: RunSet) -> RunSet:
         return runset
     bad = pd.to_numeric(runs["final_test_error"], errors="coerce").isna()
     for _, r in runs[bad].iterrows():
-        logger.warning("run %s (%s, seed %s): final test error is NaN; left out of Table 1 (its "
-                       "configuration uses the other seeds)", r["run_dir"], r["strategy"], r["seed"])
+        logger.warning("run %s (%s, seed %s): final test error is NaN; left out (its configuration uses "
+                       "the other seeds)", r["run_dir"], r["strategy"], r["seed"])
     return runset.subset(~bad) if bad.any() else runset
 
 
