@@ -7,7 +7,8 @@
 runs `python -m selective_backprop.train ARGS...` (the same main()) with a `Hooks` object installed
 (selective_backprop.engine.hooks), so the library itself reads no test switches:
 * --pause-at mid_epoch|eval|checkpoint_write:EPOCH  at that point write FILE, then sleep until a
-  SIGTERM/SIGINT sets the preemption flag (or the test kills the process);
+  SIGTERM/SIGINT sets the preemption flag (or the test kills the process); with --hold the pause
+  outlasts the first signal too (a second signal then aborts the run inside it);
 * --rank-state-dir DIR  at the end of a finished run every rank saves its model state, its own
   counters and its strategy's state (SB: the loss history) to DIR/rank<r>.pt (outside the run dir);
 * --patch-md5 ROOT  point torchvision's md5 tables at the generated dataset files under ROOT
@@ -30,8 +31,9 @@ from selective_backprop.engine.control import PREEMPTION
 
 class TestHooks(hooks.Hooks):
     def __init__(self, pause_at: str | None, marker: str | None, rank_state_dir: str | None,
-                 pause_s: float = 600.0):
+                 pause_s: float = 600.0, hold: bool = False):
         self.pause_at, self.marker, self.rank_state_dir, self.pause_s = pause_at, marker, rank_state_dir, pause_s
+        self.hold = hold
 
     def pause(self, point: str, epoch: int) -> None:
         if self.pause_at != f"{point}:{epoch}":
@@ -39,7 +41,7 @@ class TestHooks(hooks.Hooks):
         if self.marker:
             Path(self.marker).write_text(f"{point}:{epoch} pid {os.getpid()}\n")
         deadline = time.monotonic() + self.pause_s
-        while time.monotonic() < deadline and not PREEMPTION.requested:
+        while time.monotonic() < deadline and (self.hold or not PREEMPTION.requested):
             time.sleep(0.05)
 
     def run_finished(self, trainer) -> None:
@@ -58,6 +60,7 @@ def main() -> None:
     ap.add_argument("--marker")
     ap.add_argument("--rank-state-dir")
     ap.add_argument("--patch-md5", metavar="ROOT")
+    ap.add_argument("--hold", action="store_true")
     args = ap.parse_args(argv[:split])
     if args.patch_md5:
         import pytest
@@ -66,7 +69,7 @@ def main() -> None:
         import datagen
 
         datagen.patch_md5s(pytest.MonkeyPatch(), args.patch_md5)
-    hooks.install(TestHooks(args.pause_at, args.marker, args.rank_state_dir))
+    hooks.install(TestHooks(args.pause_at, args.marker, args.rank_state_dir, hold=args.hold))
     sys.argv = [sys.argv[0], *argv[split + 1:]]
     from selective_backprop.train import main as train_main
     train_main()

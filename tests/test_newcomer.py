@@ -307,25 +307,30 @@ def test_huge_learning_rate_ends_diverged(tmp_path, fmnist_root, fmnist_bundle):
     assert summary["status"] == "diverged" and summary["error"]
 
 
-@pytest.mark.parametrize("factor,milestones,progress,backpropped,error,loss,diverged", [
-    (100, [3], 1.0, 100, 0.5, 231.0, True),     # > 100 x ln 10 = 230.26
-    (100, [3], 1.0, 100, 0.5, 229.0, False),
-    (10, [3], 1.0, 100, 0.5, 24.0, True),       # > 10 x ln 10 = 23.03
-    (100, [3], 3.0, 300, 0.90, 2.3, True),      # at chance after the first LR stage (3 epochs x 100)
-    (100, [3], 2.0, 200, 0.90, 2.3, False),     # ... but not before it
-    (100, [3], 3.0, 120, 0.90, 2.3, False),     # ... nor with fewer backprops than that stage (SB, uniform)
-    (100, [3], 9.0, 300, 0.90, 2.3, True),      # ... until it has done as many
-    (100, [3], 3.0, 300, 0.80, 2.3, False),
-    (100, [], 9.0, 900, 0.90, 2.3, False),      # no LR stages: the loss rule only
-    (None, [3], 3.0, 300, 0.90, 1e19, False),   # null: off
+@pytest.mark.parametrize("factor,milestones,progress,backpropped,error,loss,steps,earlier,diverged", [
+    (100, [3], 1.0, 100, 0.5, 231.0, 7, None, True),      # > 100 x ln 10 = 230.26
+    (100, [3], 1.0, 100, 0.5, 229.0, 7, None, False),
+    (10, [3], 1.0, 100, 0.5, 24.0, 7, None, True),        # > 10 x ln 10 = 23.03
+    (100, [3], 3.0, 300, 0.90, 2.3, 150, 2.3, True),      # at chance after the first LR stage (3 epochs x 100)
+    (100, [3], 2.0, 200, 0.90, 2.3, 150, 2.3, False),     # ... but not before it
+    (100, [3], 3.0, 120, 0.90, 2.3, 150, 2.3, False),     # ... nor with fewer backprops than that stage (SB, uniform)
+    (100, [3], 9.0, 300, 0.90, 2.3, 150, 2.3, True),      # ... until it has done as many
+    (100, [3], 3.0, 300, 0.80, 2.3, 150, 2.3, False),
+    (100, [3], 3.0, 300, 0.90, 2.3, 7, 2.3, False),       # ... nor after a few steps only (a small run)
+    (100, [3], 3.0, 300, 0.90, 2.3, 150, 2.31, False),    # ... nor while its test loss still falls
+    (100, [3], 3.0, 300, 0.90, 2.3, 150, None, False),    # ... nor with no earlier evaluation to compare
+    (100, [], 9.0, 900, 0.90, 2.3, 150, 2.3, False),      # no LR stages: the loss rule only
+    (None, [3], 3.0, 300, 0.90, 1e19, 150, 2.3, False),   # null: off
 ])
-def test_explosion_rule(factor, milestones, progress, backpropped, error, loss, diverged):
-    """DivergenceGuard.check_eval on a 100-example, 10-class run at `progress` epochs."""
+def test_explosion_rule(factor, milestones, progress, backpropped, error, loss, steps, earlier, diverged):
+    """DivergenceGuard.check_eval on a 100-example, 10-class run at `progress` epochs after `steps` steps,
+    with an earlier evaluation (20 steps before) of test loss `earlier`."""
     from selective_backprop.engine.control import DivergedError, DivergenceGuard
     from selective_backprop.distributed import SINGLE
 
     guard = DivergenceGuard(factor, 10, milestones, 100, torch.device("cpu"), SINGLE)
-    where = {"steps": 7, "epochs": progress, "backpropped": backpropped}
+    rows = [] if earlier is None else [{"step": max(steps - 20, 0), "test_loss": earlier}]
+    where = {"steps": steps, "epochs": progress, "backpropped": backpropped, "earlier": rows}
     if diverged:
         with pytest.raises(DivergedError, match="diverge_factor"):
             guard.check_eval(error, loss, **where)
