@@ -63,6 +63,7 @@ sys.path.insert(0, str(REPO / "scripts"))
 
 from selective_backprop.cli_errors import check_output_dir, exits_on_bad_input  # noqa: E402
 from selective_backprop.errors import ConfigError  # noqa: E402
+from selective_backprop.record import FINISHED, SUMMARY_FILE  # noqa: E402
 
 NO_CUDA = "no CUDA device: nothing to check"
 CHECKS = ("cuda_tests", "models", "ddp_nccl", "bench", "table1")
@@ -343,8 +344,8 @@ def check_table1(ctx: dict) -> dict:
     rc = run_command(make_cmd("reproduce-table1-1gpu", PY=sys.executable, T1_1GPU_OUT=str(runs),
                               RUNS_1GPU=str(report)), env)
     expected = len(grid["experiment"]) * len(grid["lr_schedule"])
-    summaries = [json.loads(p.read_text()) for p in sorted(runs.rglob("summary.json"))]
-    finished = [s for s in summaries if s.get("status") in ("completed", "budget")]
+    summaries = [json.loads(p.read_text()) for p in sorted(runs.rglob(SUMMARY_FILE))]
+    finished = [s for s in summaries if s.get("status") in FINISHED]
     files = ["table1.md", "cost_axis/table1.md", "comparison.md", f"pareto_{grid['dataset']}.png",
              "figures/fig1.png", "figures/fig6.png", "figures/fig7.png"]
     missing = [f for f in files if not (report / f).exists()]
