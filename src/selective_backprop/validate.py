@@ -140,13 +140,25 @@ def _check_optimizer(cfg: Any) -> None:
 
 
 def _check_lr_schedule(cfg: Any) -> None:
+    """Milestones in epochs (index epoch) or budget shares in [0, 1] (index budget); kind linear needs
+    index budget (it decays to zero at the budget's end). Whether the run has a budget to be a share of
+    is checked with the budgets (_check_budgets)."""
+    from selective_backprop.engine.runtime import SCHEDULE_INDEXES, SCHEDULE_KINDS
+
+    _one_of(cfg, "lr_schedule.index", SCHEDULE_INDEXES, "epoch")
+    _one_of(cfg, "lr_schedule.kind", SCHEDULE_KINDS, "steps")
+    by_budget = _get(cfg, "lr_schedule.index", "epoch") == "budget"
+    if _get(cfg, "lr_schedule.kind", "steps") == "linear" and not by_budget:
+        raise ConfigError("lr_schedule.kind=linear: needs lr_schedule.index=budget (it decays to zero over the "
+                          "run's cost or time budget); accepted: kind steps, or index budget")
     milestones = _get(cfg, "lr_schedule.milestones", [])
-    accepted = "a list of strictly increasing epochs >= 0 (may be empty)"
+    accepted = ("a list of strictly increasing budget shares in [0, 1] (may be empty)" if by_budget
+                else "a list of strictly increasing epochs >= 0 (may be empty)")
     if OmegaConf.is_config(milestones):
         milestones = OmegaConf.to_container(milestones)
     if not isinstance(milestones, list) or not all(_is_number(m) and m >= 0 for m in milestones):
         _fail("lr_schedule.milestones", milestones, accepted)
-    if any(b <= a for a, b in zip(milestones, milestones[1:])):
+    if any(b <= a for a, b in zip(milestones, milestones[1:])) or (by_budget and any(m > 1 for m in milestones)):
         _fail("lr_schedule.milestones", milestones, accepted)
     _positive(cfg, "lr_schedule.gamma", 1.0)
 
@@ -164,9 +176,11 @@ def _check_strategy(cfg: Any) -> None:
     name = _get(cfg, "strategy.name")
     if not isinstance(name, str) or not name:
         _fail("strategy.name", name, "a strategy name such as sb (the run records' strategy)")
-    if name in SCHEDULED_ON_MAX_EPOCHS and _get(cfg, "train.max_epochs") is None:
+    budget_fitted = _get(cfg, "lr_schedule.index", "epoch") == "budget"     # then they fit to the budget
+    if name in SCHEDULED_ON_MAX_EPOCHS and _get(cfg, "train.max_epochs") is None and not budget_fitted:
         raise ConfigError(f"train.max_epochs=None: not accepted with strategy={name} (it schedules on the "
-                          f"run's length); accepted: a number > 0")
+                          f"run's length); accepted: a number > 0, or a budget-fitted schedule "
+                          f"(lr_schedule.index=budget)")
 
 
 def _check_model(cfg: Any) -> None:
@@ -200,7 +214,7 @@ def _check_dataset(cfg: Any) -> None:
 def _check_budgets(cfg: Any) -> None:
     """train.max_cost, the cost weights, train.budget_from / budget_axis, and that some budget is set
     (engine/budget.py; resolving budget_from only reads summary.json files)."""
-    from selective_backprop.engine.budget import AXES, resolve_budget
+    from selective_backprop.engine.budget import AXES, check_schedule_budget, resolve_budget
 
     _positive(cfg, "train.max_cost", nullable=True)
     value = _get(cfg, "train.cost.select_forward", 1.0)
@@ -211,7 +225,7 @@ def _check_budgets(cfg: Any) -> None:
     source = _get(cfg, "train.budget_from")
     if source is not None and (not isinstance(source, str) or not source):
         _fail("train.budget_from", source, "a folder of run records, or null")
-    resolve_budget(cfg)
+    check_schedule_budget(resolve_budget(cfg), str(_get(cfg, "lr_schedule.index", "epoch")))
 
 
 def check_resolvable(cfg: DictConfig) -> None:

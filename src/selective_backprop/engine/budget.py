@@ -10,6 +10,11 @@ A run stops at the first of `train.max_epochs`, `train.max_time_s`, `train.max_c
 Equal-budget sweeps: `train.budget_from=DIR` (with `train.budget_axis=cost|time`) gives a
 non-Traditional run the final cost (or `train_s`) of the finished Traditional run found under DIR
 with the same dataset config, model config, LR schedule and seed (see `find_reference_run`).
+
+Budget-fitted schedules (`lr_schedule.index: budget`): the share of the budget spent is the schedule's
+position, 1.0 being `train.max_cost` (deterministic; preferred when both are set) or else
+`train.max_time_s`; a borrowed budget (`train.budget_from`) counts. `BudgetClock` reads it for the
+trainer (LR before every step) and the peers fitted to the budget (strategies/infobatch.py, composer_sb.py).
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from omegaconf import OmegaConf
 
@@ -50,6 +55,58 @@ class Budget:
                 "cost_weights": {"select_forward": self.weights.select_forward,
                                  "train_example": self.weights.train_example},
                 "source": self.source}
+
+    @property
+    def schedule_axis(self) -> str | None:
+        """What a budget-indexed schedule counts as 1.0: "cost" when max_cost is set (deterministic, exact
+        on resume), else "time" when max_time_s is set, else None. With both set, cost wins (the run still
+        stops at whichever is spent first)."""
+        if self.max_cost is not None:
+            return "cost"
+        return "time" if self.max_time_s is not None else None
+
+    def fraction(self, cost: float, train_s: float) -> float | None:
+        """Share of the schedule's budget spent at `cost` / `train_s` (None: no cost or time budget)."""
+        axis = self.schedule_axis
+        if axis is None:
+            return None
+        return cost / self.max_cost if axis == "cost" else train_s / self.max_time_s
+
+
+def check_schedule_budget(budget: Budget, index: str) -> None:
+    """A budget-indexed LR schedule needs a cost or time budget to be a share of: one-line ConfigError."""
+    if index == "budget" and budget.schedule_axis is None:
+        raise ConfigError("lr_schedule.index=budget: the schedule is a share of the run's cost or time budget, but "
+                          "train.max_cost and train.max_time_s are null (train.budget_from gives none here); "
+                          "accepted: train.max_cost or train.max_time_s set to a number > 0, train.budget_from=DIR "
+                          "(non-Traditional runs), or lr_schedule.index=epoch")
+
+
+class BudgetClock:
+    """The share of its budget (Budget.schedule_axis) a run has spent, read by a budget-indexed LR schedule
+    and by the strategies fitted to it. `cost`, `train_s` and `backpropped` give the run's agreed values
+    (collectives under data parallelism: every rank calls them equally often); `budget` the current budget
+    (a resumed run may restore a borrowed one)."""
+
+    def __init__(self, budget: Callable[[], Budget], cost: Callable[[], float], train_s: Callable[[], float],
+                 backpropped: Callable[[], int], epoch_examples: int):
+        self.budget, self.cost, self.train_s = budget, cost, train_s
+        self.backpropped, self.epoch_examples = backpropped, epoch_examples
+
+    def fraction(self) -> float:
+        """Share of the budget spent so far (cost / max_cost, else train_s / max_time_s)."""
+        b = self.budget()
+        return self.cost() / b.max_cost if b.schedule_axis == "cost" else self.train_s() / b.max_time_s
+
+    def full_epoch_share(self) -> float:
+        """The budget share of one epoch that trains every example once without selection forwards: exact
+        on the cost axis (train.cost.train_example x examples / max_cost); on the time axis estimated from
+        the training seconds per backpropped example so far (0 before the first step)."""
+        b = self.budget()
+        if b.schedule_axis == "cost":
+            return b.weights.train_example * self.epoch_examples / b.max_cost
+        done = self.backpropped()
+        return 0.0 if done == 0 else self.train_s() / done * self.epoch_examples / b.max_time_s
 
 
 def _get(cfg: Any, dotted: str, default: Any = None) -> Any:

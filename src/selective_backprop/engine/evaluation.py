@@ -87,9 +87,10 @@ class Evaluator:
         n = self.test_x.shape[0]
         return float(errors) / n, float(loss_sum) / n
 
-    def record(self, model: torch.nn.Module, lr: float, wall_s: float) -> dict:
+    def record(self, model: torch.nn.Module, lr: float, wall_s: float, budget: Any = None) -> dict:
         """Evaluate now and append the row (metrics.jsonl, TensorBoard); raises DivergedError first if
-        the training or test loss diverged."""
+        the training or test loss diverged. `budget` (engine/budget.py Budget): with a cost or time
+        budget, the row's `budget_fraction` is the share of it spent."""
         counters = self.progress.counters
         self.guard.check_training(counters.steps, self.progress.epochs())
         self.dist.broadcast_buffers(model)         # BatchNorm statistics: rank 0's, as DDP's forward uses
@@ -116,6 +117,9 @@ class Evaluator:
             "selected_fraction": (counts["kept"] - int(iv["kept"])) / considered if considered else 0.0,
             "wall_s": wall_s,
         }
+        fraction = None if budget is None else budget.fraction(row["cost"], train_s)
+        if fraction is not None:
+            row["budget_fraction"] = round(fraction, 6)
         if self.noisy is not None:
             row["selected_noisy_fraction"] = noisy_total / max(n_trained, 1)
         self.rows.append(row)

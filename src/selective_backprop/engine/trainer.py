@@ -27,14 +27,15 @@ from tqdm import tqdm
 from selective_backprop import distributed
 from selective_backprop.engine import checkpoint as ckpt
 from selective_backprop.engine import hooks as test_hooks
-from selective_backprop.engine.budget import resolve_budget
+from selective_backprop.engine.budget import BudgetClock, check_schedule_budget, resolve_budget
 from selective_backprop.engine.control import (PREEMPTION, DivergedError, DivergenceGuard, NoTrainingStep,  # noqa: F401
                                                Preempted, PreemptibleContext, RunControl, StopReason,
                                                StopRequested)
 from selective_backprop.engine.evaluation import Evaluator
 from selective_backprop.engine.progress import RunProgress, progress_mode
 from selective_backprop.engine.run_state import RunState
-from selective_backprop.engine.runtime import AMP_DTYPES, lr_factor, resolve_device, set_determinism  # noqa: F401
+from selective_backprop.engine.runtime import (AMP_DTYPES, LRSchedule, lr_factor, resolve_device,  # noqa: F401
+                                               set_determinism)
 from selective_backprop.engine.writer import NullRecorder, RunRecorder
 from selective_backprop.errors import ConfigError
 from selective_backprop.record import FINISHED, Status
@@ -55,6 +56,8 @@ class Trainer:
         self.cfg, self.output_dir = cfg, output_dir
         self.hooks = hooks or test_hooks.installed()
         self.budget = resolve_budget(cfg)          # max_epochs / max_time_s / max_cost (engine/budget.py)
+        self.schedule = LRSchedule.from_config(cfg.lr_schedule)     # by epoch, or by budget share spent
+        check_schedule_budget(self.budget, self.schedule.index)
         self.dist = distributed.current()          # K > 1 under torchrun / submitit tasks
         self.device = self.dist.local_device(resolve_device(str(cfg.device)))
         set_determinism(bool(cfg.deterministic))
@@ -72,8 +75,7 @@ class Trainer:
         self.net = self.dist.wrap(self.model, self.device)   # the training forward's module
         from hydra.utils import instantiate
         self.optimizer = instantiate(cfg.optimizer)(params=self.model.parameters())
-        self.base_lr, self.milestones = float(cfg.optimizer.lr), list(cfg.lr_schedule.milestones)
-        self.gamma = float(cfg.lr_schedule.gamma)
+        self.base_lr = float(cfg.optimizer.lr)
         self.amp_dtype = AMP_DTYPES[str(tcfg.get("precision", "fp32"))]
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.timer, self.counters = PhaseTimer(self.device), Counters()
@@ -82,14 +84,16 @@ class Trainer:
         self.source = self.dist.shard(source)
         self.n_train = len(self.source)
         self._check_one_batch_per_epoch()
-        self.ctx = PreemptibleContext(self.model, self.source, self.timer, self.counters, self.batch_size,
-                                      self.device, dist=self.dist,
-                                      extras={"max_epochs": tcfg.get("max_epochs"),   # strategies/base.py run_epochs
-                                              "precision": str(tcfg.get("precision", "fp32"))})
         self.progress = RunProgress(self.counters, self.timer, self.dist, self.unit, self.n_train,
                                     self.budget.weights)
+        self.clock = self._budget_clock() if self.schedule.budget_indexed else None
+        self.ctx = PreemptibleContext(self.model, self.source, self.timer, self.counters, self.batch_size,
+                                      self.device, dist=self.dist,    # the run's length: strategies/base.py
+                                      extras={"max_epochs": tcfg.get("max_epochs"), "budget_clock": self.clock,
+                                              "precision": str(tcfg.get("precision", "fp32"))})
         self.control = RunControl(self.budget, self.dist)
-        self.guard = DivergenceGuard(tcfg.get("diverge_factor", 100), self.data.num_classes, self.milestones,
+        self.guard = DivergenceGuard(tcfg.get("diverge_factor", 100), self.data.num_classes,
+                                     self.schedule.epoch_milestones(),
                                      self.n_train, self.device, self.dist)
         self.recorder = (RunRecorder(output_dir, bool(tcfg.get("tensorboard", True))) if self.dist.is_main
                          else NullRecorder())
@@ -109,6 +113,12 @@ class Trainer:
         scfg = OmegaConf.create(OmegaConf.to_container(scfg, resolve=True))
         scfg.select_batch_size = self.dist.share(int(scfg.select_batch_size))
         return scfg
+
+    def _budget_clock(self) -> BudgetClock:
+        """The budget share spent, for a budget-indexed schedule (agreed by every rank under data parallelism)."""
+        return BudgetClock(lambda: self.budget, self.progress.cost,
+                           lambda: self.dist.max_floats([self.timer.elapsed_train_s()])[0],
+                           self.progress.backpropped, self.progress.epoch_examples)
 
     def _build_data(self) -> Any:
         """The data bundle; one process per node prepares the files (decompression, download) while the
@@ -250,7 +260,8 @@ class Trainer:
             if reason is not None:
                 return reason
             torch.manual_seed(self._epoch_seed(epoch))   # augmentation + dropout
-            self._set_lr(epoch if self.unit == "considered" else math.floor(self.progress.epochs()))
+            if self.clock is None:                       # budget-indexed: set before every step (_steps)
+                self._set_lr(epoch if self.unit == "considered" else math.floor(self.progress.epochs()))
             reason = self._run_epoch(epoch)
             if reason is not None:
                 return reason
@@ -279,6 +290,8 @@ class Trainer:
         seen = self.counters.considered
         try:
             for step, batch in enumerate(self._timed(batches), 1):
+                if self.clock is not None:      # a budget-indexed LR follows the budget share spent, step by step
+                    self._set_lr(self.clock.fraction())
                 self.train_step(batch)
                 if step == 1:
                     self.hooks.pause("mid_epoch", epoch)
@@ -317,7 +330,8 @@ class Trainer:
         if reason is not None or self.unit != "backpropped":
             return reason
         epochs = self.progress.epochs()
-        self._set_lr(math.floor(epochs))
+        if self.clock is None:
+            self._set_lr(math.floor(epochs))
         every = int(self.cfg.train.get("eval_every", 1))
         last = self.eval_rows[-1]["epoch"] if self.eval_rows else 0.0
         if epochs >= (math.floor(last / every) + 1) * every - 1e-9:
@@ -353,10 +367,12 @@ class Trainer:
         self.strategy.after_train_step(batch, detached, logits.detach())
 
     def _evaluate(self) -> dict:
-        return self.evaluator.record(self.model, self.optimizer.param_groups[0]["lr"], time.time() - self.wall_start)
+        return self.evaluator.record(self.model, self.optimizer.param_groups[0]["lr"], time.time() - self.wall_start,
+                                     budget=self.budget)
 
-    def _set_lr(self, epoch: float) -> float:
-        lr = self.base_lr * lr_factor(epoch, self.milestones, self.gamma)
+    def _set_lr(self, position: float) -> float:
+        """The LR at `position`: an epoch, or (budget-indexed schedule) the budget share spent."""
+        lr = self.base_lr * self.schedule.factor(position)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         return lr

@@ -192,7 +192,8 @@ class _ExampleStream:
 
 
 def run_epochs(ctx: Context, strategy: str) -> float:
-    """train.max_epochs as passed by the trainer in `ctx.extras`; both peers schedule on it."""
+    """train.max_epochs as passed by the trainer in `ctx.extras`; both peers schedule on it (unless they
+    are fitted to the budget: `ctx.extras["budget_clock"]`, engine/budget.py BudgetClock)."""
     value = ctx.extras.get("max_epochs")
     if value is None:
         raise ConfigError(f"train.max_epochs=None: not accepted with strategy={strategy} (it schedules on the "

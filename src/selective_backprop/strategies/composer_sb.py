@@ -7,7 +7,10 @@ examples by loss and train on that smaller batch (no packing); only while start 
 
 It needs the run's length: `ctx.extras["max_epochs"]` (train.max_epochs; null is a ConfigError, see
 base.run_epochs). With `train.epoch_unit: backpropped` a run takes more passes than max_epochs, and
-the passes beyond it count as after `end` (plain batches).
+the passes beyond it count as after `end` (plain batches). With a budget-indexed LR schedule
+(`lr_schedule.index: budget`) it is fitted to the run's budget instead (`ctx.extras["budget_clock"]`;
+train.max_epochs may be null): its elapsed duration is the budget share spent before each batch, as
+Composer's own duration when max_duration is counted in samples.
 """
 
 from __future__ import annotations
@@ -50,7 +53,8 @@ class ComposerSB(Strategy):
     replacement with probability ∝ ((rank + 0.5)/n)^(1/keep − 1), so high losses are likely but not
     certain; `topk`: exactly the int(keep·n) highest losses (the description in Composer's docs).
     Selection runs only in epochs with start <= epoch/max_epochs < end (Composer's elapsed duration
-    when max_duration is in epochs: completed epochs / total), and within those every batch i of an
+    when max_duration is in epochs: completed epochs / total; budget-fitted, lr_schedule.index=budget:
+    in batches with start <= budget share spent before the batch < end), and within those every batch i of an
     epoch with (i + 1) % interrupt == 0 trains on the full batch (interrupt 0: never; 1: always, so
     no selection at all). keep = 1 never selects (Composer's `match` skips it). Outside: plain
     batches of b, no selection forward. The selection forward uses `select_mode` (default
@@ -99,12 +103,12 @@ class ComposerSB(Strategy):
         return self.keep < 1 and self.start <= epoch / max_epochs < self.end
 
     def epoch(self, epoch: int, ctx: Context) -> Iterator[TrainBatch]:
-        max_epochs = run_epochs(ctx, self.name)
-        duration = epoch / max_epochs
-        window = self.active(epoch, max_epochs)
+        clock = ctx.extras.get("budget_clock")     # budget-fitted: the duration moves batch by batch
+        duration = None if clock is not None else epoch / run_epochs(ctx, self.name)
         for i, b in enumerate(ctx.source.batches(ctx.source.permutation(epoch), self.batch_size, epoch)):
             ctx.counters.considered += b.x.shape[0]
-            if window and should_select(duration, i, self.start, self.end, self.interrupt):
+            now = clock.fraction() if clock is not None else duration
+            if self.keep < 1 and should_select(now, i, self.start, self.end, self.interrupt):
                 yield self.select(b, ctx)
             else:
                 ctx.counters.add_kept(b.x.shape[0])

@@ -8,12 +8,15 @@ ones get weight 1/(1-r); the epochs after the first `delta` share of the run tra
 It needs the run's length: `ctx.extras["max_epochs"]` (train.max_epochs; null is a ConfigError, see
 base.run_epochs). Its schedule compares the strategy's epoch index (passes over the data) with it;
 with `train.epoch_unit: backpropped` a run takes more passes than max_epochs, and the passes beyond
-it count as the annealing tail.
+it count as the annealing tail. With a budget-indexed LR schedule (`lr_schedule.index: budget`) it is
+fitted to the run's budget instead (`ctx.extras["budget_clock"]`; train.max_epochs may be null): its
+run length is the number of epochs the budget affords (`InfoBatch.schedule_within_budget`).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from typing import Iterator
 
 import torch
@@ -109,6 +112,26 @@ class InfoBatch(Strategy):
         """Pruning epochs: epoch + 1 <= max_epochs·delta (see `schedule`)."""
         return self.schedule(epoch, max_epochs)[0]
 
+    def schedule_within_budget(self, epoch: int, spent: float, full_epoch: float) -> tuple[bool, bool]:
+        """`schedule` fitted to the budget (lr_schedule.index=budget). `epoch` epochs are done, `spent` is the
+        budget share used so far and `full_epoch` the share one full-data epoch costs. InfoBatch's run
+        length is the number of epochs the budget affords, max_epochs = epoch + (1 - spent) / full_epoch
+        (those done plus the full-data epochs the rest buys; rounded to 1e-9), re-estimated at every epoch
+        start. Once the full-data tail starts the estimate stays put (a full epoch spends exactly
+        full_epoch), so the tail is the run's last epochs. The estimate counts the epochs left at the
+        full-data price, so against an epoch-indexed run of the same cost the tail starts at the same
+        epoch or earlier (one epoch at most when delta · prune_ratio <= 0.5, as with the defaults)."""
+        if full_epoch <= 0:                        # no rate measured yet (time budget, first epoch)
+            return self.schedule(epoch, math.inf) if self.delta > 0 else (False, False)
+        affords = round(epoch + max(0.0, 1.0 - spent) / full_epoch, 9)
+        return self.schedule(epoch, affords)
+
+    def _schedule_now(self, epoch: int, ctx: Context) -> tuple[bool, bool]:
+        clock = ctx.extras.get("budget_clock")
+        if clock is None:
+            return self.schedule(epoch, run_epochs(ctx, self.name))
+        return self.schedule_within_budget(epoch, clock.fraction(), clock.full_epoch_share())
+
     def _table(self, ctx: Context) -> torch.Tensor:
         if self.scores is None:
             self.scores = torch.full((len(ctx.source),), float("nan"), device=ctx.device)
@@ -141,12 +164,11 @@ class InfoBatch(Strategy):
         return order[keep]
 
     def epoch(self, epoch: int, ctx: Context) -> Iterator[TrainBatch]:
-        max_epochs = run_epochs(ctx, self.name)
+        prunes, resets = self._schedule_now(epoch, ctx)
         self.dist = ctx.dist
         order = ctx.source.permutation(epoch).to(ctx.device)
         self._table(ctx)
         ctx.counters.considered += order.shape[0]
-        prunes, resets = self.schedule(epoch, max_epochs)
         if prunes:
             order = self.prune(order, ctx)
         else:
