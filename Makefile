@@ -7,7 +7,8 @@ RUNS_CPU := results/fashion_mnist_cpu
 
 .DEFAULT_GOAL := help
 .PHONY: help setup test test-fast demo bench gpu-check gpu-check-dry reproduce-regime reproduce-quick report-regime \
-	reproduce-table1 reproduce-table1-1gpu report-1gpu reproduce-table1-cpu report-cpu report-paper clean
+	reproduce-table1 reproduce-table1-1gpu report-1gpu reproduce-table1-cpu report-cpu report-paper \
+	reproduce-frontier report-frontier regime-search clean
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-22s\033[0m %s\n", $$1, $$2}'
@@ -110,6 +111,32 @@ reproduce-quick:  ## one regime point (6k images, no augmentation, 10 epochs), S
 	bash scripts/regime_sweep.sh multirun/quick 0 sb,uniform \
 	  "lr_schedule=fashion_mnist_e10 dataset.subset=6000 dataset.test_subset=2000 dataset.augment.crop_padding=0 dataset.augment.hflip=false"
 	$(PY) scripts/regime_map.py multirun/quick --out multirun/quick/report
+
+FRONTIER_OUT := multirun/frontier
+FRONTIER_RESULTS := results/frontier
+FRONTIER_POINTS ?= 6k 60k
+
+reproduce-frontier:  ## the error-vs-budget frontier at the 6k and 60k points (CPU, hours per point; SEEDS, JOBS), then report-frontier
+	@for p in $(FRONTIER_POINTS); do \
+	  POINT=$$p PYTHON=$(PY) bash scripts/frontier.sh $(FRONTIER_OUT)/$$p || exit 1; \
+	  rm -rf $(FRONTIER_RESULTS)/$$p/runs; \
+	  $(PY) scripts/collect_runs.py $(FRONTIER_OUT)/$$p $(FRONTIER_RESULTS)/$$p/runs || exit 1; \
+	done
+	$(MAKE) report-frontier
+
+report-frontier:  ## frontier.md/.csv/.png per point from results/frontier/<point>/runs
+	@for p in $(FRONTIER_POINTS); do \
+	  $(PY) scripts/frontier.py $(FRONTIER_RESULTS)/$$p/runs --out $(FRONTIER_RESULTS)/$$p || exit 1; \
+	done
+
+REGIME_SEARCH_OUT := multirun/regime_search
+REGIME_SEARCH_RESULTS := results/regime_search
+
+regime-search:  ## Traditional over training-set size / width / augmentation / epochs (~2 h on 2 cores), table into results/regime_search/
+	PYTHON=$(PY) bash scripts/regime_search.sh $(REGIME_SEARCH_OUT)
+	rm -rf $(REGIME_SEARCH_RESULTS)/runs
+	$(PY) scripts/collect_runs.py $(REGIME_SEARCH_OUT) $(REGIME_SEARCH_RESULTS)/runs
+	$(PY) scripts/regime_search.py $(REGIME_SEARCH_RESULTS)/runs --out $(REGIME_SEARCH_RESULTS)
 
 clean:  ## remove caches and local outputs (keeps data/ and results/)
 	rm -rf outputs multirun .pytest_cache

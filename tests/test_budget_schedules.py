@@ -286,3 +286,22 @@ def test_composer_selects_inside_its_budget_window(tmp_path, fmnist_root, bundle
         selected += tag == "selected"
     assert selected >= 4
     assert summary["examples_forwarded"] - summary["examples_backpropped"] == selected * B
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["infobatch", "composer_sb"])
+def test_two_ranks_follow_the_budget_together(name, tmp_path, fmnist_root):
+    """torchrun K = 2: the budget share (a collective) is read before every step, at InfoBatch's epoch starts
+    and before every Composer batch on both ranks alike; the run ends in its last LR stage."""
+    from test_distributed import torchrun
+
+    proc = torchrun(str(tmp_path / "dp"), fmnist_root, [f"strategy={name}", "lr_schedule=budget_steps",
+                                                        "train.max_epochs=null", f"train.max_cost={MAX_COST}",
+                                                        "train.eval_every=1"])
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    summary = json.loads((tmp_path / "dp" / "summary.json").read_text())
+    assert summary["status"] == "budget" and summary["world_size"] == 2 and summary["cost"] >= MAX_COST
+    rows = read_metrics(tmp_path / "dp" / "metrics.jsonl")
+    lrs = [r["lr"] for r in rows]
+    assert lrs == sorted(lrs, reverse=True) and lrs[-1] == pytest.approx(BASE_LR * GAMMA ** 3)
+    assert rows[-1]["budget_fraction"] >= 1
