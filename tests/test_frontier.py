@@ -151,11 +151,11 @@ TOY = "dataset.subset=64 dataset.test_subset=64 model.width=4 train.batch_size=1
 
 @pytest.mark.slow
 def test_frontier_sweep_script_end_to_end_at_toy_size(tmp_path):
-    """POINT=6k at toy size, two seeds, budgets 0.5 and 1: the reference finishes its 30 epochs, every run
-    stops at its share of that cost with a budget-fitted schedule and one evaluation, and the report reads
-    them. Re-running skips a finished run."""
+    """POINT=6k at toy size, two seeds, budget 0.5 (the fixture tests above cover several budgets): the
+    reference finishes its 30 epochs, every run stops at half its cost with a budget-fitted schedule and
+    one evaluation, and the report reads them. Re-running skips a finished run."""
     out = tmp_path / "f"
-    env = {**os.environ, "POINT": "6k", "SEEDS": "0 1", "JOBS": "2", "FRACTIONS": "0.5 1",
+    env = {**os.environ, "POINT": "6k", "SEEDS": "0 1", "JOBS": "2", "FRACTIONS": "0.5",
            "STRATEGIES": "traditional uniform infobatch", "OMP_NUM_THREADS": "1", "EXTRA_OVERRIDES": TOY,
            "PYTHON": sys.executable}
     script = ["bash", str(REPO / "scripts" / "frontier.sh"), str(out)]
@@ -163,7 +163,7 @@ def test_frontier_sweep_script_end_to_end_at_toy_size(tmp_path):
     assert proc.returncode == 0 and "FAILED" not in proc.stderr, proc.stderr[-2000:]
     ref = json.loads((out / "reference" / "traditional_s0" / "summary.json").read_text())
     assert ref["status"] == "completed" and ref["epochs"] == 30 and ref["cost"] == 30 * 64 * 3
-    for f in ("0.5", "1"):
+    for f in ("0.5",):
         for label in ("traditional", "uniform", "infobatch"):
             for seed in (0, 1):
                 run_dir = out / "runs" / f"b{f}" / f"{label}_s{seed}"
@@ -173,12 +173,12 @@ def test_frontier_sweep_script_end_to_end_at_toy_size(tmp_path):
                 assert summary["cost"] >= float(f) * ref["cost"] and summary["config"]["dataset"]["augment"]["hflip"] is False
                 rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
                 assert len(rows) == 1 and rows[0]["budget_fraction"] >= 1, run_dir
-    again = subprocess.run(script, env={**env, "SEEDS": "1", "FRACTIONS": "1", "STRATEGIES": "uniform"}, cwd=REPO,
+    again = subprocess.run(script, env={**env, "SEEDS": "1", "STRATEGIES": "uniform"}, cwd=REPO,
                            capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "FAILED" not in again.stderr
-    assert "already holds this run, finished" in (out / "logs" / "runs_b1_uniform_s1.log").read_text()
+    assert "already holds this run, finished" in (out / "logs" / "runs_b0.5_uniform_s1.log").read_text()
     report = subprocess.run([sys.executable, str(REPO / "scripts" / "frontier.py"), str(out), "--out",
                              str(tmp_path / "report")], capture_output=True, text=True, timeout=120)
     assert report.returncode == 0, report.stderr
     table = (tmp_path / "report" / "frontier.csv").read_text().splitlines()
-    assert len(table) == 1 + 2 * 3 and ",uniform,Uniform,2," in table[2]
+    assert len(table) == 1 + 3 and ",uniform,Uniform,2," in table[2]

@@ -48,7 +48,7 @@ class LRSchedule:
     `index: epoch` (the default): the position is the epoch (in train.epoch_unit) and the milestones are
     epochs. `index: budget`: the position is the share of the run's budget spent (cost / train.max_cost,
     else training seconds / train.max_time_s: engine/budget.py `Budget.schedule_axis`), the milestones
-    are shares in [0, 1], and the trainer updates the LR after every step. `kind: linear` decays the
+    are shares in [0, 1], and the trainer sets the LR before every step. `kind: linear` decays the
     factor linearly from 1 to 0 over the budget (milestones and gamma unused).
     """
 
