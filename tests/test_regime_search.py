@@ -28,7 +28,7 @@ def write_run(folder: Path, seed: int, errors: list[float], train_loss: float, s
               "strategy": {"name": strategy}}
     folder.mkdir(parents=True)
     rows = [{"epoch": float(e), "step": e, "test_error": err, "train_loss": 1.0 if e < 10 else train_loss,
-             "train_s": 6.0 * e, "wall_s": 9.0 * e, "cost": 100.0 * e} for e, err in enumerate(errors, 1)]
+             "train_s": 6.0 * e, "eval_s": 3.0 * e, "wall_s": 9.5 * e, "cost": 100.0 * e} for e, err in enumerate(errors, 1)]
     (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (folder / "summary.json").write_text(json.dumps({
         "status": "completed", "strategy": strategy, "seed": seed, "dataset": "fashion_mnist", "model": "resnet8",
