@@ -4,9 +4,9 @@ A *frontier run* trains one strategy to a cost budget (``train.max_cost``) with 
 to that budget (``lr_schedule.index: budget``; scripts/frontier.sh). Its *budget* is the share of
 Traditional's full-schedule cost at the same point, ``max_cost / C``, C being the cost of the point's
 *reference run*: a Traditional run through an epoch-indexed schedule found among the same records. A
-*point* is the setup every run there shares: the dataset with its subset, augmentation and test subset,
-the model with its width (:func:`.regime.point_of` without the schedule). Each budget-fitted schedule
-(``budget_steps``, ``budget_linear``) makes its own frontier.
+*point* is the setup every run there shares (the loader's ``setup``: the dataset with its subset,
+augmentation and test subset, the model with its width). Each budget-fitted schedule (``budget_steps``,
+``budget_linear``) makes its own frontier.
 
 At every point, schedule and budget, each configuration's final test error is compared seed by seed with
 Traditional's and with uniform's at the same budget: the mean paired difference with its 90 % Student-t
@@ -26,11 +26,12 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from .paired import UNIFORM
 from .pareto import strategy_color
-from .records import SUMMARY_FILE, RunSet, strategy_label, strategy_sort_key
-from .regime import UNIFORM, config_label, point_of
+from .records import SUMMARY_FILE, RunSet, config_label, strategy_label, strategy_sort_key
 from .stats import LEVEL, NONE, Interval, paired_difference, t_interval, verdict
-from .table1 import TRADITIONAL, frame_to_csv, write_texts
+from .table1 import frame_to_csv, write_texts
+from .targets import TRADITIONAL
 
 logger = logging.getLogger(__name__)
 
@@ -40,20 +41,11 @@ RUN_COLUMNS = ["run_dir", "point", "schedule", "budget_indexed", "strategy", "la
 COMPARED = {"traditional": TRADITIONAL, "uniform": UNIFORM}       # column prefix -> the strategy compared with
 
 
-def point_name(config: dict[str, Any]) -> str:
-    """e.g. ``fashion_mnist n6000 resnet8-w16 noaug`` (`` test2000`` when measured on a test subset)."""
-    p = point_of(config)
-    n = "full" if p["n_train"] is None else f"n{p['n_train']}"
-    width = "" if p["width"] is None else f"-w{p['width']}"
-    test = "" if p.get("n_test") is None else f" test{p['n_test']}"
-    return f"{p['dataset']} {n} {p['model']}{width} {'aug' if p['augment'] else 'noaug'}{test}"
-
-
 def _run_row(run: pd.Series) -> dict[str, Any]:
     summary = json.loads((Path(run["run_dir"]) / SUMMARY_FILE).read_text(encoding="utf-8"))
     config = summary.get("config") or {}
     schedule = config.get("lr_schedule") or {}
-    return {"run_dir": run["run_dir"], "point": point_name(config), "schedule": schedule.get("name"),
+    return {"run_dir": run["run_dir"], "point": run["setup"], "schedule": schedule.get("name"),
             "budget_indexed": schedule.get("index", "epoch") == "budget", "strategy": run["strategy"],
             "label": config_label(str(run["strategy"]), summary.get("strategy_params") or {}),
             "seed": run["seed"], "max_cost": (summary.get("budget") or {}).get("max_cost"),
@@ -61,8 +53,8 @@ def _run_row(run: pd.Series) -> dict[str, Any]:
 
 
 def frontier_runs(runset: RunSet) -> pd.DataFrame:
-    """One row per usable run: :data:`RUN_COLUMNS` (its point, schedule name, whether that schedule is
-    budget-indexed, its configuration label and its budget ``max_cost``)."""
+    """One row per usable run: :data:`RUN_COLUMNS` (its point = the loader's setup, schedule name, whether
+    that schedule is budget-indexed, its configuration label and its budget ``max_cost``)."""
     rows = [_run_row(r) for _, r in runset.runs.iterrows()]
     return pd.DataFrame(rows, columns=RUN_COLUMNS)
 
@@ -268,4 +260,4 @@ def write_frontier(df: pd.DataFrame, out_dir: str | Path) -> list[Path]:
 
 
 __all__ = ["frontier_runs", "reference_runs", "budget_runs", "frontier_table", "frontier_csv", "frontier_markdown",
-           "plot_frontier", "write_frontier", "point_name"]
+           "plot_frontier", "write_frontier"]

@@ -22,9 +22,9 @@ from typing import Any
 import pandas as pd
 from matplotlib.figure import Figure
 
-from .records import SUMMARY_FILE, RunSet
-from .regime import point_of
-from .table1 import TRADITIONAL, first_reaching_eval, frame_to_csv, write_texts
+from .records import SUMMARY_FILE, RunSet, point_of
+from .table1 import frame_to_csv, write_texts
+from .targets import TRADITIONAL, first_reaching_eval
 
 SEARCH_FACTORS: tuple[float, ...] = (1.1, 1.2)
 SLOW_SHARE = 0.7
