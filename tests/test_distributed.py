@@ -26,13 +26,13 @@ import yaml
 from conftest import CONF, REPO, compose_config
 from selective_backprop.engine.checkpoint import checkpoint_path, load_checkpoint
 from selective_backprop.errors import ConfigError
+from selective_backprop.record import TIMING_FIELDS
 from selective_backprop.train import run
 
 BASE = ["dataset.subset=512", "train.max_epochs=2", "train.eval_every=2", "train.batch_size=64",
         "model.width=8", "device=cpu", "deterministic=true", "train.progress=false", "train.tensorboard=false"]
 STRATEGIES = {"traditional": ["strategy=traditional"], "sb": ["strategy=sb"],
               "stale_sb": ["strategy=stale_sb", "strategy.staleness=2"]}
-TIMING_KEYS = ("train_s", "phase_s", "eval_s", "wall_s")
 TIMEOUT_S = 300
 
 
@@ -69,7 +69,7 @@ def torchrun(run_dir: str, root: Path, extra=(), hooks=()) -> subprocess.Complet
 
 def rows_without_timing(run_dir: Path) -> list[str]:
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [json.dumps({k: v for k, v in r.items() if k not in TIMING_KEYS}, sort_keys=True) for r in rows]
+    return [json.dumps({k: v for k, v in r.items() if k not in TIMING_FIELDS}, sort_keys=True) for r in rows]
 
 
 def same_tensors(a: dict, b: dict) -> bool:

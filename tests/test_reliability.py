@@ -22,14 +22,13 @@ import torch
 
 from conftest import REPO, tiny_config
 from selective_backprop.engine.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
-from selective_backprop.record import read_metrics
+from selective_backprop.record import TIMING_FIELDS, read_metrics
 from selective_backprop.engine.evaluation import Evaluator
 from selective_backprop.engine.run_state import RunState
 from selective_backprop.engine.trainer import PREEMPTION, DivergedError, Preempted
 from selective_backprop.errors import ConfigError
 from selective_backprop.train import install_preemption_handlers, run
 
-TIMING_KEYS = ("train_s", "phase_s", "eval_s", "wall_s")
 CLI_BASE = ["dataset.subset=256", "train.max_epochs=2", "train.batch_size=64", "model.width=8", "strategy=sb",
             "deterministic=true", "device=cpu", "train.progress=false", "train.tensorboard=false"]
 INPROC_BASE = ["dataset.subset=256", "deterministic=true", "train.max_epochs=3", "train.eval_every=2",
@@ -40,7 +39,7 @@ INPROC_BASE = ["dataset.subset=256", "deterministic=true", "train.max_epochs=3",
 
 def without_timing(rows: list[dict]) -> list[str]:
     """Rows as canonical JSON without the timing fields (NaN-safe comparison)."""
-    return [json.dumps({k: v for k, v in r.items() if k not in TIMING_KEYS}, sort_keys=True) for r in rows]
+    return [json.dumps({k: v for k, v in r.items() if k not in TIMING_FIELDS}, sort_keys=True) for r in rows]
 
 
 def assert_same_state(a, b, where: str = "") -> None:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import socket
 import time
 
 import pytest
 import torch
 
-from selective_backprop.timing import PHASES, PhaseTimer
+from selective_backprop.timing import PHASES, PhaseTimer, TimingConditions, load_average
+from selective_backprop.record import TIMING_CONDITIONS
 
 
 def test_nested_phases_and_eval_exclusion():
@@ -43,3 +46,40 @@ def test_state_round_trip():
     u = PhaseTimer(torch.device("cpu"))
     u.load_state_dict(t.state_dict())
     assert u.totals == t.totals and u.train_s == t.train_s
+
+
+def test_timing_conditions_span_start_to_stop():
+    """CPU time against wall time over the span: a sleep costs wall time and (almost) no CPU time; after
+    stop() the record is frozen; the load averages are the system's (three floats each)."""
+    c = TimingConditions()
+    c.start()
+    time.sleep(0.2)
+    running = c.record()                     # before stop(): up to now
+    assert running["wall_s"] >= 0.2 and running["cpu_s"] < 0.1
+    deadline = time.perf_counter() + 0.1
+    while time.perf_counter() < deadline:    # busy: CPU time accrues
+        pass
+    c.stop()
+    first = c.record()
+    time.sleep(0.05)
+    assert c.record() == first               # frozen at stop()
+    assert tuple(first) == TIMING_CONDITIONS
+    assert first["wall_s"] >= 0.3 and running["cpu_s"] < first["cpu_s"] <= first["wall_s"]
+    for key in ("loadavg_start", "loadavg_end"):
+        assert len(first[key]) == 3 and all(isinstance(x, float) and x >= 0 for x in first[key])
+    assert first["threads"] == torch.get_num_threads() and first["interop_threads"] == torch.get_num_interop_threads()
+    assert first["cpu_count"] == os.cpu_count() and first["host"] == socket.gethostname()
+    assert first["omp_num_threads"] == os.environ.get("OMP_NUM_THREADS")
+    assert load_average() is not None and len(load_average()) == 3
+
+
+def test_timing_conditions_without_a_load_average(monkeypatch):
+    """Platforms without os.getloadavg: null load averages, the rest recorded."""
+    def missing():
+        raise OSError("no load average here")
+    monkeypatch.setattr(os, "getloadavg", missing)
+    c = TimingConditions()
+    c.start()
+    c.stop()
+    record = c.record()
+    assert record["loadavg_start"] is None and record["loadavg_end"] is None and record["wall_s"] >= 0

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
 import subprocess
 import sys
 
@@ -11,13 +13,15 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from conftest import REPO, run_tiny
 from selective_backprop.timing import PHASES
+from selective_backprop.record import TIMING_CONDITIONS
 
 METRIC_KEYS = {"epoch": float, "step": int, "examples_forwarded": int, "examples_backpropped": int,
                "train_s": float, "phase_s": dict, "eval_s": float, "test_error": float,
-               "test_loss": float, "train_loss": float, "lr": float, "selected_fraction": float}
+               "test_loss": float, "train_loss": float, "lr": float, "selected_fraction": float,
+               "cost": float, "wall_s": float, "loadavg": float}
 SUMMARY_KEYS = {"dataset", "model", "strategy", "lr_schedule", "seed", "strategy_params",
                 "final_test_error", "best_test_error", "train_s", "epochs", "status",
-                "torch_version", "device_name", "config", "config_key"}
+                "torch_version", "device_name", "config", "config_key", "timing"}
 
 
 def check_record(run_dir, epochs):
@@ -36,6 +40,7 @@ def check_record(run_dir, epochs):
     assert summary["final_test_error"] == rows[-1]["test_error"]
     assert summary["best_test_error"] == min(r["test_error"] for r in rows)
     assert summary["status"] == "completed"
+    assert set(summary["timing"]) == set(TIMING_CONDITIONS)
     return rows, summary
 
 
@@ -51,6 +56,27 @@ def test_traditional_run_record(tmp_path, fmnist_root, fmnist_bundle):
     assert rows[-1]["lr"] == pytest.approx(0.1)
     # the error must drop below chance (0.9) on real data after 3 tiny epochs
     assert rows[-1]["test_error"] < 0.85
+
+
+def test_timing_conditions_are_recorded(tmp_path, fmnist_root, fmnist_bundle):
+    """summary.json `timing`: the load average at the start and end of training, this process's CPU time
+    against the wall time over the same span, the threads and the machine; each row's 1-minute load."""
+    import torch
+
+    _, summary = run_tiny(tmp_path, fmnist_root, ["train.tensorboard=false"], fmnist_bundle)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    timing = summary["timing"]
+    assert set(timing) == set(TIMING_CONDITIONS)   # exactly these keys
+    for key in ("loadavg_start", "loadavg_end"):
+        assert len(timing[key]) == 3 and all(isinstance(x, float) and x >= 0 for x in timing[key]), timing[key]
+    assert all(isinstance(r["loadavg"], float) and r["loadavg"] >= 0 for r in rows)
+    # the span holds the training (and its evaluations); one busy thread: CPU time cannot exceed the
+    # wall time by more than the other threads torch runs, and a real run keeps the CPU busy
+    assert timing["wall_s"] >= summary["train_s"] > 0
+    assert 0 < timing["cpu_s"] <= timing["wall_s"] * (timing["threads"] + timing["interop_threads"])
+    assert timing["threads"] == torch.get_num_threads() == 1 and timing["interop_threads"] >= 1
+    assert timing["cpu_count"] == os.cpu_count() and timing["host"] == socket.gethostname()
+    assert timing["omp_num_threads"] == os.environ.get("OMP_NUM_THREADS") == "1"
 
 
 def test_phases_account_for_training_time(tmp_path, fmnist_root, fmnist_bundle):

@@ -30,6 +30,14 @@ TB_DIR = "tb"
 #: the timed phases of a training step, in display order (``phase_s`` in rows and summaries)
 PHASES = ("data", "select_forward", "select", "train_forward", "backward", "optimizer")
 
+#: ``metrics.jsonl`` fields that measure the machine rather than the run: a resumed or repeated run
+#: reproduces every other field exactly (deterministic=true), these it does not
+TIMING_FIELDS = ("train_s", "phase_s", "eval_s", "wall_s", "loadavg")
+
+#: the keys of ``summary.json``'s ``timing`` object: the conditions the run's times were measured under
+TIMING_CONDITIONS = ("loadavg_start", "loadavg_end", "cpu_s", "wall_s", "threads", "interop_threads",
+                     "cpu_count", "host", "omp_num_threads")
+
 # Config keys that do not change what a run computes: excluded from the configuration key
 # (strategy._target_ follows from strategy.name; records written before it existed keep their key).
 MACHINE_KEYS = ("seed", "device", "train.progress", "train.tensorboard", "train.num_workers",

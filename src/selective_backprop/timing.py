@@ -1,13 +1,56 @@
-"""Cumulative per-phase timing: CUDA events on GPU (no per-batch host sync), perf_counter on CPU."""
+"""Cumulative per-phase timing (CUDA events on GPU, no per-batch host sync; perf_counter on CPU), and the
+conditions a run's times were measured under (load average, CPU time against wall time, threads)."""
 
 from __future__ import annotations
 
 import contextlib
+import os
+import socket
 import time
 
 import torch
 
-from selective_backprop.record import PHASES
+from selective_backprop.record import PHASES, TIMING_CONDITIONS
+
+
+def load_average() -> list[float] | None:
+    """The system's 1-, 5- and 15-minute load averages (None where the platform has none)."""
+    try:
+        return [float(x) for x in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
+
+
+class TimingConditions:
+    """summary.json's `timing`: what the machine was doing while this process trained.
+
+    `start()` and `stop()` bracket the training of this session (a resumed run: the last session only);
+    `record()` before `stop()` spans up to now. `cpu_s` is this process's CPU time, user + system, all its
+    threads (DataLoader worker processes not included; data parallel: rank 0's, the rank that writes the
+    record); a one-thread run that had a core to itself shows cpu_s close to wall_s.
+    """
+
+    def __init__(self) -> None:
+        self._start: tuple | None = None
+        self._end: tuple | None = None
+
+    @staticmethod
+    def _now() -> tuple:
+        return load_average(), time.process_time(), time.perf_counter()
+
+    def start(self) -> None:
+        self._start, self._end = self._now(), None
+
+    def stop(self) -> None:
+        self._end = self._now()
+
+    def record(self) -> dict:
+        start = self._start or self._now()
+        end = self._end or self._now()
+        values = (start[0], end[0], end[1] - start[1], end[2] - start[2], torch.get_num_threads(),
+                  torch.get_num_interop_threads(), os.cpu_count(), socket.gethostname(),
+                  os.environ.get("OMP_NUM_THREADS"))
+        return dict(zip(TIMING_CONDITIONS, values, strict=True))
 
 
 class PhaseTimer:

@@ -17,6 +17,7 @@ from selective_backprop.engine.control import DivergenceGuard
 from selective_backprop.distributed import Dist
 from selective_backprop.engine.hooks import Hooks
 from selective_backprop.engine.progress import RunProgress
+from selective_backprop.timing import load_average
 from selective_backprop.record import Status, build_summary
 
 log = logging.getLogger(__name__)
@@ -116,6 +117,7 @@ class Evaluator:
             "lr": lr,
             "selected_fraction": (counts["kept"] - int(iv["kept"])) / considered if considered else 0.0,
             "wall_s": wall_s,
+            "loadavg": _one_minute_load(),
         }
         fraction = None if budget is None else budget.fraction(row["cost"], train_s)
         if fraction is not None:
@@ -156,4 +158,10 @@ class Evaluator:
             examples_forwarded=counts["select_forwarded"] + counts["train_forwarded"],
             cost=p.weights.cost(counts["select_forwarded"], counts["backpropped"]),
             budget=budget, phase_s=phase_s, torch_version=torch.__version__,
-            device_name=run["device_name"], n_train=p.n_train, world_size=self.dist.world_size)
+            device_name=run["device_name"], n_train=p.n_train, world_size=self.dist.world_size,
+            timing=run["timing"])
+
+
+def _one_minute_load() -> float | None:
+    load = load_average()
+    return None if load is None else load[0]

@@ -42,7 +42,7 @@ from selective_backprop.record import FINISHED, Status
 from selective_backprop.sources.device_source import build_source
 from selective_backprop.sources.source import derive_seed
 from selective_backprop.strategies import Counters, TrainBatch, build_strategy
-from selective_backprop.timing import PhaseTimer
+from selective_backprop.timing import PhaseTimer, TimingConditions
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +99,7 @@ class Trainer:
                          else NullRecorder())
         self.evaluator = Evaluator(self.data, self.device, self.memory_format, self.dist, self.progress,
                                    self.guard, self.recorder, self.hooks, int(tcfg.get("eval_batch_size", 1024)))
+        self.conditions = TimingConditions()       # summary.json `timing`
         self.state = RunState(output_dir, int(tcfg.get("checkpoint_every", 1)))
         self.next_epoch = 0
         self.status = Status.RUNNING
@@ -179,7 +180,8 @@ class Trainer:
                "model": self.cfg.model.name, "strategy": self.strategy.name,
                "lr_schedule": self.cfg.lr_schedule.name, "seed": int(self.cfg.seed),
                "strategy_params": self.strategy_params(),
-               "device_name": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu"}
+               "device_name": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu",
+               "timing": self.conditions.record()}
         return self.evaluator.summary(run, self.status, self.budget.record(), collective)
 
     # -- the loop ------------------------------------------------------------------------------------
@@ -194,11 +196,13 @@ class Trainer:
         error, the records so far stay, the error is re-raised.
         """
         self.wall_start = time.time() - self.state.wall_offset
+        self.conditions.start()
         if self.dist.is_main:
             ckpt.remove_stale_temps(self.output_dir)
         self.recorder.start(self.eval_rows)
         try:
             self.status = self.state.finished or self._train()
+            self.conditions.stop()
         except DivergedError as err:          # every rank agreed (DivergenceGuard)
             self._record_failure(Status.DIVERGED, str(err))
             self.dist.barrier()
