@@ -15,7 +15,7 @@ import pytest
 
 from conftest import REPO, tiny_config
 from selective_backprop.engine.budget import CostWeights, cost_from_record, resolve_budget
-from selective_backprop.record import read_metrics
+from selective_backprop.record import TIMING_FIELDS, read_metrics
 from selective_backprop.engine.runtime import lr_factor
 from selective_backprop.engine.trainer import Trainer
 from selective_backprop.errors import ConfigError
@@ -130,8 +130,7 @@ def test_cost_budget_resumes_exactly(tmp_path, fmnist_root, fmnist_bundle, monke
         with pytest.raises(RuntimeError):
             run(tiny_config(fmnist_root, overrides), str(tmp_path / "resumed"), fmnist_bundle)
     run(tiny_config(fmnist_root, overrides), str(tmp_path / "resumed"), fmnist_bundle)
-    timing = ("train_s", "phase_s", "eval_s", "wall_s")
-    strip = lambda rows: [{k: v for k, v in r.items() if k not in timing} for r in rows]  # noqa: E731
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in TIMING_FIELDS} for r in rows]  # noqa: E731
     ref, resumed = (strip(read_metrics(tmp_path / d / "metrics.jsonl")) for d in ("ref", "resumed"))
     assert resumed == ref and ref[-1]["cost"] >= 2500
     assert summary_of(tmp_path / "resumed")["cost"] == summary_of(tmp_path / "ref")["cost"]
@@ -143,6 +142,93 @@ def test_backpropped_epoch_unit_with_cost_budget(tmp_path, fmnist_root, fmnist_b
                                    "train.max_cost=3000"], fmnist_bundle)
     assert summary["status"] == "budget"
     assert trainer.step_costs[-2] < 3000 <= trainer.step_costs[-1] == summary["cost"]
+
+
+# ----------------------------------------------------------------------- the cost grid (eval_every_cost)
+
+def assert_on_grid(rows: list[dict], step_costs: list[float], every: float, final_cost: float) -> None:
+    """Row i (1-based) is the evaluation of grid point i x every: its cost has reached it and the step
+    before it had not; one row per multiple reached, plus the final row at the stop point unless the
+    last grid point's row is already there."""
+    reached = int(final_cost // every)
+    assert len(rows) in (reached, reached + 1), (len(rows), reached)
+    for i, row in enumerate(rows[:reached], 1):
+        assert row["cost"] >= i * every, (i, row["cost"])
+        assert step_costs[row["step"] - 2] < i * every, (i, step_costs[row["step"] - 2])
+    # the stop point: after the last step (and any selection forwards that ended its epoch)
+    assert rows[-1]["cost"] == final_cost >= step_costs[-1] and rows[-1]["step"] == len(step_costs)
+
+
+@pytest.mark.parametrize("strategy,unit", [("traditional", "considered"), ("sb", "considered"),
+                                           ("sb", "backpropped")])
+def test_cost_grid_evaluates_at_the_first_step_past_each_multiple(strategy, unit, tmp_path, fmnist_root,
+                                                                   fmnist_bundle):
+    """train.eval_every_cost=700 (about 3.6 Traditional steps): evaluations mid-epoch, at the same cost
+    points for both strategies, none at the epoch ends unless a multiple falls there; the final one at
+    the stop point. Evaluation itself costs nothing."""
+    every = 700
+    trainer, summary = traced_run(tmp_path / "run", fmnist_root,
+                                  [f"strategy={strategy}", "train.max_epochs=3", f"train.eval_every_cost={every}",
+                                   f"train.epoch_unit={unit}"], fmnist_bundle)
+    rows = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert summary["status"] == "completed" and summary["config"]["train"]["eval_every_cost"] == every
+    assert len(rows) >= 5
+    assert_on_grid(rows, trainer.step_costs, every, summary["cost"])
+    assert any(row["epoch"] != round(row["epoch"]) for row in rows)          # not the epoch grid
+    assert all(row["cost"] == recomputed_cost(row) for row in rows)
+    assert summary["cost"] == recomputed_cost(summary)                       # evaluations counted nowhere
+    if strategy == "traditional":
+        assert summary["cost"] == 3 * 512 * 3
+
+
+def test_cost_grid_epoch_is_one_traditional_epoch(tmp_path, fmnist_root, fmnist_bundle):
+    """`epoch` = n_train x train.cost.train_example: Traditional evaluates exactly at its epoch ends, SB
+    at the first step past each multiple of 512 x 3 units (it gets more epochs out of each)."""
+    from selective_backprop.engine.evaluation import eval_cost_step
+
+    assert eval_cost_step("epoch", 512, CostWeights(1.0, 3.0)) == 1536.0
+    assert eval_cost_step("epoch", 512, CostWeights(0.5, 2.5)) == 1280.0
+    assert eval_cost_step(None, 512, CostWeights()) is None and eval_cost_step(250, 512, CostWeights()) == 250.0
+    grid = ["train.max_epochs=3", "train.eval_every_cost=epoch"]
+    _, trad = traced_run(tmp_path / "trad", fmnist_root, grid, fmnist_bundle)
+    rows = read_metrics(tmp_path / "trad" / "metrics.jsonl")
+    assert [r["cost"] for r in rows] == [1536.0, 3072.0, 4608.0] and [r["epoch"] for r in rows] == [1.0, 2.0, 3.0]
+    trainer, sb = traced_run(tmp_path / "sb", fmnist_root,
+                             ["strategy=sb", "train.max_epochs=null", f"train.max_cost={trad['cost']}", *grid[1:]],
+                             fmnist_bundle)
+    assert sb["config"]["train"]["eval_every_cost"] == "epoch"
+    sb_rows = read_metrics(tmp_path / "sb" / "metrics.jsonl")
+    assert_on_grid(sb_rows, trainer.step_costs, 1536.0, sb["cost"])
+    assert len(sb_rows) == 3 and sb_rows[-1]["epoch"] > 3.5
+
+
+def test_cost_grid_resumes_exactly(tmp_path, fmnist_root, fmnist_bundle, monkeypatch):
+    """Crash after epoch 1 of an SB run on a 700-unit grid (a grid point pending across the boundary),
+    resume: the same evaluations at the same steps, and the same rows timings aside."""
+    from selective_backprop.engine.checkpoint import checkpoint_path, load_checkpoint
+    from selective_backprop.engine.run_state import RunState
+    overrides = QUIET + ["strategy=sb", "train.max_epochs=3", "train.eval_every_cost=700"]
+    run(tiny_config(fmnist_root, overrides), str(tmp_path / "ref"), fmnist_bundle)
+    original = RunState.after_epoch
+
+    def crash(self, trainer, epoch):
+        original(self, trainer, epoch)
+        if epoch == 1:
+            raise RuntimeError("simulated crash")
+    with monkeypatch.context() as m:
+        m.setattr(RunState, "after_epoch", crash)
+        with pytest.raises(RuntimeError):
+            run(tiny_config(fmnist_root, overrides), str(tmp_path / "resumed"), fmnist_bundle)
+    state = load_checkpoint(checkpoint_path(tmp_path / "resumed"))
+    cost = recomputed_cost({"examples_forwarded": state["counters"]["select_forwarded"]
+                            + state["counters"]["train_forwarded"],
+                            "examples_backpropped": state["counters"]["backpropped"]})
+    assert state["eval_grid"] == {"every": 700.0, "next": int(cost // 700) + 1} and cost % 700 != 0
+    run(tiny_config(fmnist_root, overrides), str(tmp_path / "resumed"), fmnist_bundle)
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in TIMING_FIELDS} for r in rows]  # noqa: E731
+    ref, resumed = (strip(read_metrics(tmp_path / d / "metrics.jsonl")) for d in ("ref", "resumed"))
+    assert resumed == ref and len(ref) >= 5
+    assert summary_of(tmp_path / "resumed")["cost"] == summary_of(tmp_path / "ref")["cost"]
 
 
 # ------------------------------------------------------------------------------------ refusals

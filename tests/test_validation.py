@@ -58,6 +58,10 @@ BAD = [
     (["dataset.label_noise=-0.1"], r"dataset\.label_noise.*\[0, 1\)"),
     (["train.checkpoint_every=0"], r"train\.checkpoint_every=0.*>= 1"),
     (["train.eval_every=0"], r"train\.eval_every=0"),
+    (["train.eval_every_cost=0"], r"train\.eval_every_cost=0: .*a number > 0.*epoch.*null"),
+    (["train.eval_every_cost=-100"], r"train\.eval_every_cost=-100: .*a number > 0"),
+    (["train.eval_every_cost=epochs"], r"train\.eval_every_cost='epochs': .*epoch \(one Traditional"),
+    (["train.eval_every_cost=true"], r"train\.eval_every_cost=True: "),
     (["train.precision=fp8"], r"train\.precision='fp8'"),
     (["device=tpu"], r"device='tpu'"),
 ]
@@ -93,6 +97,13 @@ def test_shipped_configs_validate(name):
             validate_config(compose_config(overrides))
         overrides.append("train.max_cost=1000")
     validate_config(compose_config(overrides))
+
+
+@pytest.mark.parametrize("value", ["epoch", "1000", "2.5e3", "null"])
+def test_eval_every_cost_accepts_a_number_epoch_or_null(value):
+    cfg = compose_config([f"train.eval_every_cost={value}"])
+    validate_config(cfg)
+    assert cfg.train.eval_every_cost == {"epoch": "epoch", "1000": 1000, "2.5e3": 2500.0, "null": None}[value]
 
 
 def test_trainer_validates_too(tmp_path):

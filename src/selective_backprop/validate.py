@@ -111,6 +111,10 @@ def _check_train(cfg: Any) -> None:
     _int_at_least(cfg, "train.max_epochs", 1, nullable=True)    # epochs are counted: no fractions
     _positive(cfg, "train.max_time_s", nullable=True)
     _int_at_least(cfg, "train.eval_every", 1, 1)
+    every_cost = _get(cfg, "train.eval_every_cost")
+    if every_cost is not None and every_cost != "epoch" and (not _is_number(every_cost) or every_cost <= 0):
+        _fail("train.eval_every_cost", every_cost, "a number > 0 (forward-equivalent cost units), epoch (one "
+              "Traditional epoch's cost: N x train.cost.train_example) or null (every train.eval_every epochs)")
     _int_at_least(cfg, "train.eval_batch_size", 1, 1024)
     _one_of(cfg, "train.epoch_unit", ("considered", "backpropped"), "considered")
     _int_at_least(cfg, "train.num_workers", 0, 0)

@@ -2,12 +2,15 @@
 
 `Evaluator` owns the test tensors, the training-loss interval since the last evaluation, the rows
 evaluated so far (`rows`; a resumed run restores them) and builds the summary from them. Row fields:
-docs/run_record.md.
+docs/run_record.md. When the trainer evaluates: every train.eval_every epochs, or with
+train.eval_every_cost on a fixed cost grid (`CostGrid`), so that every strategy is measured at the same
+cost points.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 import torch
@@ -18,7 +21,7 @@ from selective_backprop.distributed import Dist
 from selective_backprop.engine.hooks import Hooks
 from selective_backprop.engine.progress import RunProgress
 from selective_backprop.timing import load_average
-from selective_backprop.record import Status, build_summary
+from selective_backprop.record import CostWeights, Status, build_summary
 
 log = logging.getLogger(__name__)
 
@@ -133,8 +136,14 @@ class Evaluator:
                  " ".join(f"{k}={v:.1f}s" for k, v in row["phase_s"].items()))
         return row
 
-    def last_step(self) -> int | None:
-        return self.rows[-1]["step"] if self.rows else None
+    def at_stop_point(self) -> bool:
+        """Whether the last evaluation was made where the run is now: same steps, and no examples
+        considered or forwarded since (selection forwards after an epoch's last step move the run on).
+        Data parallel a collective (global counters)."""
+        counts = self.progress.counts()
+        now = (counts["steps"], counts["considered"], counts["select_forwarded"] + counts["train_forwarded"])
+        last = self.rows[-1] if self.rows else {}
+        return (last.get("step"), last.get("examples_considered"), last.get("examples_forwarded")) == now
 
     # -- the summary ---------------------------------------------------------------------------------
     def summary(self, run: dict, status: Status, budget: dict, collective: bool = True) -> dict:
@@ -165,3 +174,39 @@ class Evaluator:
 def _one_minute_load() -> float | None:
     load = load_average()
     return None if load is None else load[0]
+
+
+# -- the cost grid (train.eval_every_cost) ------------------------------------------------------------
+EPOCH_COST = "epoch"      # train.eval_every_cost=epoch: one Traditional epoch's cost
+
+
+def eval_cost_step(setting: Any, n_train: int, weights: CostWeights) -> float | None:
+    """train.eval_every_cost in forward-equivalent units: None (evaluate on the epoch grid instead), a
+    number as given, or `epoch` = n_train x train.cost.train_example (what a Traditional epoch costs)."""
+    if setting is None:
+        return None
+    if setting == EPOCH_COST:
+        return n_train * weights.train_example
+    return float(setting)
+
+
+class CostGrid:
+    """Evaluation points at every multiple of `every` cost units: the run evaluates after the first
+    training step whose cost reaches the next multiple (one evaluation if a step passes several)."""
+
+    def __init__(self, every: float):
+        self.every = float(every)
+        self.next = 1          # the multiple of `every` the next evaluation waits for
+
+    def due(self, cost: float) -> bool:
+        return cost >= self.next * self.every
+
+    def passed(self, cost: float) -> None:
+        """An evaluation was made at `cost`: wait for the next multiple above it."""
+        self.next = max(self.next + 1, math.floor(cost / self.every) + 1)
+
+    def state_dict(self) -> dict:
+        return {"every": self.every, "next": self.next}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.next = int(state["next"])

@@ -28,7 +28,7 @@ from selective_backprop.distributed import Dist
 from selective_backprop.engine import checkpoint as ckpt
 from selective_backprop.engine.budget import Budget
 from selective_backprop.engine.control import DivergenceGuard, RunControl
-from selective_backprop.engine.evaluation import Evaluator
+from selective_backprop.engine.evaluation import CostGrid, Evaluator
 from selective_backprop.engine.hooks import Hooks
 from selective_backprop.engine.progress import RunProgress
 from selective_backprop.errors import ConfigError
@@ -54,6 +54,7 @@ class TrainerState(Protocol):
     timer: PhaseTimer
     progress: RunProgress
     evaluator: Evaluator
+    eval_grid: CostGrid | None   # train.eval_every_cost (None: the epoch grid)
     guard: DivergenceGuard
     control: RunControl
     hooks: Hooks
@@ -99,6 +100,8 @@ class RunState:
             "scaler": t.scaler.state_dict(),
             **per_rank,
             "history": [dict(row) for row in t.evaluator.rows],
+            # train.eval_every_cost: the grid point the next evaluation waits for (None: the epoch grid)
+            "eval_grid": None if t.eval_grid is None else t.eval_grid.state_dict(),
             "budget": t.budget.record(),
             "wall_s": time.time() - t.wall_start,
         }
@@ -160,6 +163,8 @@ class RunState:
         t.counters.load(own["counters"])
         t.timer.load_state_dict(own["timer"])
         t.evaluator.load_state_dict(own["interval"], state["history"])
+        if t.eval_grid is not None:
+            t.eval_grid.load_state_dict(state["eval_grid"])
         t.next_epoch = int(state["next_epoch"])
         t.guard.nonfinite = torch.tensor(bool(own["nonfinite"]), device=t.device)
         torch.set_rng_state(own["rng"]["torch"])

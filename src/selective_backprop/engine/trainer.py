@@ -4,7 +4,7 @@
 delegates, each with its own state:
     engine/control.py     when to stop (RunControl, StopReason, preemption, DivergenceGuard)
     engine/progress.py    epochs done, global counters, times and cost (RunProgress)
-    engine/evaluation.py  the test set, evaluation rows and the summary (Evaluator)
+    engine/evaluation.py  the test set, evaluation rows and the summary (Evaluator), the cost grid
     engine/run_state.py   checkpoint capture, restore and schedule (RunState)
     engine/writer.py      the run record's files (RunRecorder)
 Data parallelism goes through `Dist` (distributed.py), whose collectives are the identity in a
@@ -31,7 +31,7 @@ from selective_backprop.engine.budget import BudgetClock, check_schedule_budget,
 from selective_backprop.engine.control import (PREEMPTION, DivergedError, DivergenceGuard, NoTrainingStep,  # noqa: F401
                                                Preempted, PreemptibleContext, RunControl, StopReason,
                                                StopRequested)
-from selective_backprop.engine.evaluation import Evaluator
+from selective_backprop.engine.evaluation import CostGrid, Evaluator, eval_cost_step
 from selective_backprop.engine.progress import RunProgress, progress_mode
 from selective_backprop.engine.run_state import RunState
 from selective_backprop.engine.runtime import (AMP_DTYPES, LRSchedule, lr_factor, resolve_device,  # noqa: F401
@@ -99,6 +99,8 @@ class Trainer:
                          else NullRecorder())
         self.evaluator = Evaluator(self.data, self.device, self.memory_format, self.dist, self.progress,
                                    self.guard, self.recorder, self.hooks, int(tcfg.get("eval_batch_size", 1024)))
+        grid_step = eval_cost_step(tcfg.get("eval_every_cost"), self.n_train, self.budget.weights)
+        self.eval_grid = None if grid_step is None else CostGrid(grid_step)   # None: every eval_every epochs
         self.conditions = TimingConditions()       # summary.json `timing`
         self.state = RunState(output_dir, int(tcfg.get("checkpoint_every", 1)))
         self.next_epoch = 0
@@ -233,7 +235,7 @@ class Trainer:
             return reason.status
         if self.counters.steps == 0:
             self._no_step(reason)
-        if self.evaluator.last_step() != self.counters.steps:
+        if not self.evaluator.at_stop_point():
             self._evaluate()
         self.state.write(self, self.state.capture(self, finished=reason.status), self.next_epoch)
         return reason.status
@@ -271,7 +273,9 @@ class Trainer:
                 return reason
             epoch += 1
             self.next_epoch = epoch
-            if self.unit == "considered" and self.progress.epochs() >= next_eval - 1e-9:
+            if self.eval_grid is not None:
+                self._evaluate_on_grid()       # selection forwards after the epoch's last step count too
+            elif self.unit == "considered" and self.progress.epochs() >= next_eval - 1e-9:
                 self._evaluate()
                 next_eval += every
             self.state.after_epoch(self, epoch)
@@ -328,21 +332,36 @@ class Trainer:
             yield batch
 
     def _after_step(self) -> StopReason | None:
-        """Stop checks after a step; with epoch_unit=backpropped, LR, evaluation and max_epochs follow the
-        examples backpropped inside the epoch too."""
+        """Stop checks after a step, then the cost grid's evaluation if one is due (a run that stops here
+        is evaluated at its stop point instead); with epoch_unit=backpropped, LR, evaluation and
+        max_epochs follow the examples backpropped inside the epoch too."""
         reason = self.control.stop_reason(epochs=None, cost=self.progress.cost, train_s=self.timer.elapsed_train_s())
-        if reason is not None or self.unit != "backpropped":
+        if reason is not None:
             return reason
+        if self.unit != "backpropped":
+            self._evaluate_on_grid()
+            return None
         epochs = self.progress.epochs()
         if self.clock is None:
             self._set_lr(math.floor(epochs))
-        every = int(self.cfg.train.get("eval_every", 1))
-        last = self.eval_rows[-1]["epoch"] if self.eval_rows else 0.0
-        if epochs >= (math.floor(last / every) + 1) * every - 1e-9:
-            self.timer.pause()
-            self._evaluate()
-            self.timer.resume()
+        if self.eval_grid is not None:
+            self._evaluate_on_grid()
+        else:
+            every = int(self.cfg.train.get("eval_every", 1))
+            last = self.eval_rows[-1]["epoch"] if self.eval_rows else 0.0
+            if epochs >= (math.floor(last / every) + 1) * every - 1e-9:
+                self._evaluate()
         return StopReason.MAX_EPOCHS if self.control.epochs_done(epochs) else None
+
+    def _evaluate_on_grid(self) -> None:
+        """Evaluate if the run's cost reached the next point of the cost grid (train.eval_every_cost);
+        data parallel a collective (the cost), called by every rank at the same step."""
+        if self.eval_grid is None:
+            return
+        cost = self.progress.cost()
+        if self.eval_grid.due(cost):
+            self._evaluate()
+            self.eval_grid.passed(cost)
 
     # -- one step ------------------------------------------------------------------------------------
     def train_step(self, batch: TrainBatch) -> None:
