@@ -20,12 +20,14 @@ import pytest
 import torch
 
 from conftest import tiny_config
+from selective_backprop.record import TIMING_FIELDS
 
 GOLDEN = Path(__file__).resolve().parent / "fixtures" / "golden"
 REGEN = os.environ.get("SB_REGEN_GOLDEN") == "1"
 
-# metrics.jsonl fields that measure time (they vary run to run); everything else must be identical
-TIMING = frozenset({"train_s", "eval_s", "wall_s", "phase_s"})
+# metrics.jsonl fields that measure the machine (train_s, eval_s, wall_s, phase_s, loadavg: they vary run
+# to run); everything else must be identical
+TIMING = frozenset(TIMING_FIELDS)
 
 BASE = ["dataset.subset=256", "dataset.test_subset=256", "train.batch_size=32", "train.max_epochs=3",
         "deterministic=true", "train.tensorboard=false"]
