@@ -147,16 +147,17 @@ def test_backpropped_epoch_unit_with_cost_budget(tmp_path, fmnist_root, fmnist_b
 # ----------------------------------------------------------------------- the cost grid (eval_every_cost)
 
 def assert_on_grid(rows: list[dict], step_costs: list[float], every: float, final_cost: float) -> None:
-    """Row i (1-based) is the evaluation of grid point i x every: its cost has reached it and the step
-    before it had not; one row per multiple reached, plus the final row at the stop point unless the
-    last grid point's row is already there."""
-    reached = int(final_cost // every)
+    """Row i (1-based) is the evaluation of grid point i x every, taken right after the first training
+    step whose cost reached it (the step before had not); one row per multiple a step reached, plus the
+    final row after the last step unless that step's grid row is already it."""
+    reached = int(step_costs[-1] // every)
     assert len(rows) in (reached, reached + 1), (len(rows), reached)
     for i, row in enumerate(rows[:reached], 1):
-        assert row["cost"] >= i * every, (i, row["cost"])
+        assert row["cost"] >= i * every and row["cost"] == step_costs[row["step"] - 1], (i, row["cost"])
         assert step_costs[row["step"] - 2] < i * every, (i, step_costs[row["step"] - 2])
-    # the stop point: after the last step (and any selection forwards that ended its epoch)
-    assert rows[-1]["cost"] == final_cost >= step_costs[-1] and rows[-1]["step"] == len(step_costs)
+    assert all(a["step"] < b["step"] for a, b in zip(rows, rows[1:]))       # each after a step of its own
+    # the last row: after the last step (selection forwards that ended its epoch may follow it)
+    assert rows[-1]["step"] == len(step_costs) and step_costs[-1] <= rows[-1]["cost"] <= final_cost
 
 
 @pytest.mark.parametrize("strategy,unit", [("traditional", "considered"), ("sb", "considered"),
@@ -229,6 +230,9 @@ def test_cost_grid_resumes_exactly(tmp_path, fmnist_root, fmnist_bundle, monkeyp
     ref, resumed = (strip(read_metrics(tmp_path / d / "metrics.jsonl")) for d in ("ref", "resumed"))
     assert resumed == ref and len(ref) >= 5
     assert summary_of(tmp_path / "resumed")["cost"] == summary_of(tmp_path / "ref")["cost"]
+    text = (tmp_path / "resumed" / "metrics.jsonl").read_text()
+    run(tiny_config(fmnist_root, overrides), str(tmp_path / "resumed"), fmnist_bundle)   # finished: a no-op
+    assert (tmp_path / "resumed" / "metrics.jsonl").read_text() == text
 
 
 # ------------------------------------------------------------------------------------ refusals

@@ -136,14 +136,8 @@ class Evaluator:
                  " ".join(f"{k}={v:.1f}s" for k, v in row["phase_s"].items()))
         return row
 
-    def at_stop_point(self) -> bool:
-        """Whether the last evaluation was made where the run is now: same steps, and no examples
-        considered or forwarded since (selection forwards after an epoch's last step move the run on).
-        Data parallel a collective (global counters)."""
-        counts = self.progress.counts()
-        now = (counts["steps"], counts["considered"], counts["select_forwarded"] + counts["train_forwarded"])
-        last = self.rows[-1] if self.rows else {}
-        return (last.get("step"), last.get("examples_considered"), last.get("examples_forwarded")) == now
+    def last_step(self) -> int | None:
+        return self.rows[-1]["step"] if self.rows else None
 
     # -- the summary ---------------------------------------------------------------------------------
     def summary(self, run: dict, status: Status, budget: dict, collective: bool = True) -> dict:

@@ -235,7 +235,7 @@ class Trainer:
             return reason.status
         if self.counters.steps == 0:
             self._no_step(reason)
-        if not self.evaluator.at_stop_point():
+        if self.evaluator.last_step() != self.counters.steps:
             self._evaluate()
         self.state.write(self, self.state.capture(self, finished=reason.status), self.next_epoch)
         return reason.status
@@ -273,9 +273,7 @@ class Trainer:
                 return reason
             epoch += 1
             self.next_epoch = epoch
-            if self.eval_grid is not None:
-                self._evaluate_on_grid()       # selection forwards after the epoch's last step count too
-            elif self.unit == "considered" and self.progress.epochs() >= next_eval - 1e-9:
+            if self.eval_grid is None and self.unit == "considered" and self.progress.epochs() >= next_eval - 1e-9:
                 self._evaluate()
                 next_eval += every
             self.state.after_epoch(self, epoch)
@@ -354,8 +352,10 @@ class Trainer:
         return StopReason.MAX_EPOCHS if self.control.epochs_done(epochs) else None
 
     def _evaluate_on_grid(self) -> None:
-        """Evaluate if the run's cost reached the next point of the cost grid (train.eval_every_cost);
-        data parallel a collective (the cost), called by every rank at the same step."""
+        """After a training step: evaluate if the run's cost reached the next point of the cost grid
+        (train.eval_every_cost). A multiple passed by selection forwards alone (at an epoch's end) waits for
+        the next step, so every evaluation follows a step of its own. Data parallel a collective (the
+        cost), called by every rank at the same step."""
         if self.eval_grid is None:
             return
         cost = self.progress.cost()
