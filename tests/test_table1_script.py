@@ -72,7 +72,8 @@ def test_table1_cpu_script_runs_the_whole_layout_at_equal_cost(tmp_path: Path) -
         assert "train.eval_every_cost=epoch" in overrides and not any("test_subset=2000" in o for o in overrides)
         rows = read_metrics(out / name / "metrics.jsonl")
         assert all(row["cost"] >= i * grid for i, row in enumerate(rows[:-1], 1)), name
-        assert len(rows) in (summary["cost"] // grid, summary["cost"] // grid + 1), name
+        # one row per grid point a step reached, and the last (selection forwards may end a run past one)
+        assert summary["cost"] // grid - 1 <= len(rows) <= summary["cost"] // grid + 1, name
         assert summary["timing"]["omp_num_threads"] == "1" and summary["timing"]["threads"] == 1, name
         if summary["strategy"] == "traditional":
             assert summary["status"] == "completed" and summary["epochs"] == 30.0, name
