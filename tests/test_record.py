@@ -59,3 +59,15 @@ def test_read_metrics_partial_last_line_vs_corrupt_middle(tmp_path):
     path.write_text('{"epoch": 1.0}\n{"epo\n{"epoch": 3.0}\n')
     with pytest.raises(ValueError, match="line 2"):
         record.read_metrics(path)
+
+
+def test_a_key_added_at_its_default_keeps_earlier_config_keys():
+    """train.eval_every_cost=null (the default: the epoch grid) leaves config_key as it was before the key
+    existed; any other value makes another configuration."""
+    before = {"seed": 0, "train": {"batch_size": 128, "eval_every": 1}, "strategy": {"name": "sb"}}
+    with_default = {**before, "train": {**before["train"], "eval_every_cost": None}}
+    on_grid = {**before, "train": {**before["train"], "eval_every_cost": "epoch"}}
+    assert record.config_key(with_default) == record.config_key(before)
+    assert record.config_key(on_grid) != record.config_key(before)
+    assert record.config_key(on_grid) != record.config_key({**on_grid, "train": {**on_grid["train"],
+                                                                               "eval_every_cost": 1000}})

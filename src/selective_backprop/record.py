@@ -43,6 +43,11 @@ TIMING_CONDITIONS = ("loadavg_start", "loadavg_end", "cpu_s", "wall_s", "threads
 MACHINE_KEYS = ("seed", "device", "train.progress", "train.tensorboard", "train.num_workers",
                 "train.checkpoint_every", "dataset.root", "dataset.download", "strategy._target_")
 
+# Config keys added after run records existed, with the value that means "as before": at that value they
+# are left out of the configuration key, so earlier records keep their config_key (and stay resumable).
+ADDED_DEFAULTS: dict[str, Any] = {"train.eval_every_cost": None}
+_ABSENT = object()
+
 
 class Status(enum.StrEnum):
     """A run's ``summary.json`` status (str-valued: the JSON holds the plain word)."""
@@ -76,14 +81,15 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
 
 
 def config_key(config: dict) -> str:
-    """Stable hash of the config without seed and machine-only keys: runs sharing it form a configuration."""
+    """Stable hash of the config without seed and machine-only keys: runs sharing it form a configuration.
+    A key of ADDED_DEFAULTS at its default is left out too, so records made before it existed keep theirs."""
     cleaned = json.loads(json.dumps(config))
-    for dotted in MACHINE_KEYS:
+    for dotted in (*MACHINE_KEYS, *ADDED_DEFAULTS):
         node = cleaned
         *parents, leaf = dotted.split(".")
         for part in parents:
             node = node.get(part, {}) if isinstance(node, dict) else {}
-        if isinstance(node, dict):
+        if isinstance(node, dict) and (dotted in MACHINE_KEYS or node.get(leaf, _ABSENT) == ADDED_DEFAULTS[dotted]):
             node.pop(leaf, None)
     blob = json.dumps(cleaned, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
