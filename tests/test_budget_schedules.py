@@ -23,7 +23,7 @@ from selective_backprop.engine.run_state import RunState
 from selective_backprop.engine.runtime import LRSchedule
 from selective_backprop.engine.trainer import Trainer
 from selective_backprop.errors import ConfigError
-from selective_backprop.record import read_metrics
+from selective_backprop.record import TIMING_FIELDS, read_metrics
 from selective_backprop.train import run
 from selective_backprop.validate import validate_config
 
@@ -69,7 +69,7 @@ def train(run_dir: Path, root: Path, overrides: list[str], bundle) -> dict:
 
 
 def strip_timing(rows: list[dict]) -> list[dict]:
-    return [{k: v for k, v in r.items() if k not in ("train_s", "phase_s", "eval_s", "wall_s")} for r in rows]
+    return [{k: v for k, v in r.items() if k not in TIMING_FIELDS} for r in rows]
 
 
 # ------------------------------------------------------------------------------------ the schedule
