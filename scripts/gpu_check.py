@@ -341,8 +341,10 @@ def check_table1(ctx: dict) -> dict:
     env = {**child_env(ctx["dry"]), "SEEDS": "0", "EXTRA_OVERRIDES": " ".join(overrides), "PYTHON": sys.executable}
     if generated:       # generated files: torchvision's md5 tables pointed at them (tests/hooked_train.py)
         env["SB_TRAIN"] = f"{sys.executable} {REPO / 'tests' / 'hooked_train.py'} --patch-md5 {root} --"
+    # A few-minute run's seconds per cost unit are dominated by start-up, so the timing audit may flag
+    # any of them; this check is about the pipeline, so the time-axis Pareto keeps flagged runs.
     rc = run_command(make_cmd("reproduce-table1-1gpu", PY=sys.executable, T1_1GPU_OUT=str(runs),
-                              RUNS_1GPU=str(report)), env)
+                              RUNS_1GPU=str(report), PARETO_ARGS="--keep-flagged"), env)
     expected = len(grid["experiment"]) * len(grid["lr_schedule"])
     summaries = [json.loads(p.read_text()) for p in sorted(runs.rglob(SUMMARY_FILE))]
     finished = [s for s in summaries if s.get("status") in FINISHED]
