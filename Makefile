@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 RUNS_CPU := results/fashion_mnist_cpu
-# PARETO_ARGS=--keep-flagged keeps runs the timing audit flags on report-1gpu's time-axis Pareto
+# PARETO_ARGS=--keep-flagged keeps the runs the timing audit flags on the time-axis Pareto of report-cpu / report-1gpu
 PARETO_ARGS ?=
 
 .DEFAULT_GOAL := help
@@ -89,7 +89,7 @@ report-cpu:  ## Table 1 (time, cost), strategy comparison, Pareto, figures from 
 	$(PY) scripts/make_table1.py $(RUNS_CPU)/runs --out $(RUNS_CPU)
 	$(PY) scripts/make_table1.py $(RUNS_CPU)/runs --axis cost --out $(RUNS_CPU)/cost_axis
 	$(PY) scripts/compare_strategies.py $(RUNS_CPU)/runs --out $(RUNS_CPU)
-	$(PY) scripts/plot_pareto.py $(RUNS_CPU)/runs --out $(RUNS_CPU)
+	$(PY) scripts/plot_pareto.py $(RUNS_CPU)/runs --out $(RUNS_CPU) $(PARETO_ARGS)
 	$(PY) scripts/plot_pareto.py $(RUNS_CPU)/runs --axis cost --out $(RUNS_CPU)/cost_axis
 	$(PY) scripts/plot_figures.py $(RUNS_CPU)/runs --which fig1,fig6,fig7 --out $(RUNS_CPU)/figures
 	$(PY) scripts/plot_figures.py $(RUNS_CPU)/runs $(RUNS_CPU)/sweeps --which fig11,fig12,fig13 --out $(RUNS_CPU)/figures

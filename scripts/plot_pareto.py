@@ -55,6 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     options = {"include_noisy": args.include_noisy, "axis": args.axis, "schedules": args.schedules,
                "exclude": flagged_on_axis(runs, args)}
     points = pareto_points(runs, **options)
+    if points.empty and options["exclude"]:
+        return fail(f"the timing audit flags every run on the {args.axis} axis: nothing left to plot "
+                    "(--axis cost plots the cost axis; --keep-flagged plots the flagged runs anyway)")
     if points.empty:
         return fail("the usable runs hold no evaluations to plot")
     paths = write_pareto(points, args.out, log_time=args.log_time, axis=args.axis,

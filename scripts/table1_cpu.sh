@@ -30,7 +30,7 @@ train=${SB_TRAIN:-"${PYTHON:-.venv/bin/python} -m selective_backprop.train"}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 [[ $jobs =~ ^[1-9][0-9]*$ ]] || { echo "JOBS=$jobs: accepted: an integer >= 1" >&2; exit 2; }
 [[ $OMP_NUM_THREADS =~ ^[1-9][0-9]*$ ]] || { echo "OMP_NUM_THREADS=$OMP_NUM_THREADS: accepted: an integer >= 1" >&2; exit 2; }
-cores=$(nproc 2>/dev/null || echo 1)
+cores=$(getconf _NPROCESSORS_ONLN 2>/dev/null || echo 1)   # not nproc: it reports OMP_NUM_THREADS
 fit=$(( cores / OMP_NUM_THREADS > 0 ? cores / OMP_NUM_THREADS : 1 ))
 if [ "$jobs" -gt "$fit" ]; then   # more runs than cores would time each other's waits
   echo "JOBS=$jobs x OMP_NUM_THREADS=$OMP_NUM_THREADS exceeds the $cores cores: running $fit at a time" >&2

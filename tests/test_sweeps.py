@@ -90,7 +90,8 @@ def test_cpu_reproduction_pipeline(tmp_path, fmnist_root):
     runs = tmp_path / "runs"
     for script, args in (("collect_runs.py", [sweep, runs]),
                          ("make_table1.py", [runs, "--out", tmp_path / "out"]),
-                         ("plot_pareto.py", [runs, "--out", tmp_path / "out"])):
+                         # tiny runs on a busy machine: their timing is not what the audit is for
+                         ("plot_pareto.py", [runs, "--out", tmp_path / "out", "--keep-flagged"])):
         proc = subprocess.run([sys.executable, str(REPO / "scripts" / script), *map(str, args)],
                               cwd=REPO, capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, (script, proc.stderr[-2000:])
