@@ -23,7 +23,7 @@ setup: $(PY)  ## create .venv, install the package editable with its dev extras,
 	$(PIP) install -e '.[dev]'
 	$(PY) scripts/get_data.py
 
-test:  ## run the test suite (CPU; ~10-15 min on 2 cores)
+test:  ## run the test suite (CPU; ~20-30 min on 2 cores)
 	$(PY) -m pytest -q
 
 test-fast:  ## the test suite without the slow end-to-end tests
