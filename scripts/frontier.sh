@@ -15,7 +15,7 @@
 # strategy, fraction f and seed with train.max_cost = f x C, train.max_epochs=null and
 # lr_schedule=$SCHEDULE (LR /5 at 30/60/80 % of the budget, or linear to zero; InfoBatch's annealing and
 # Composer-SB's window are fitted to the budget too, engine/peers.py). Every run is evaluated once, at its
-# end, on the full 10 000-image test set (train.eval_every=1000000). JOBS runs at a time, one thread each;
+# end, on the full 10 000-image test set (train.eval_every=1000000). JOBS runs at a time (at most the cores), one thread each;
 # re-running resumes unfinished runs and skips finished ones. Layout:
 #   OUT/reference/traditional_s<seed>     OUT/runs/b<f>/<label>_s<seed>     OUT/logs/
 set -euo pipefail
@@ -29,7 +29,6 @@ schedule=${SCHEDULE:-budget_steps}
 strategies=${STRATEGIES:-"traditional sb stale_sb_n2 stale_sb_n3 kath18 uniform infobatch composer_sb"}
 python=${PYTHON:-.venv/bin/python}
 train=${SB_TRAIN:-"$python -m selective_backprop.train"}
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 case $point in
   6k)  setup="dataset.subset=6000"; ref_schedule=${REF_SCHEDULE:-fashion_mnist_e30} ;;
   60k) setup="dataset.subset=null"; ref_schedule=${REF_SCHEDULE:-fashion_mnist_e10} ;;
@@ -37,21 +36,8 @@ case $point in
 esac
 base="experiment=fashion_mnist_regime $setup dataset.test_subset=null dataset.augment.crop_padding=0 \
 dataset.augment.hflip=false device=cpu train.eval_every=1000000 ${EXTRA_OVERRIDES:-}"
-mkdir -p "$out/logs"
-
-run() {  # run DIR OVERRIDES...: one training run, its log beside the others
-  local dir=$1; shift
-  local log
-  log="$out/logs/$(echo "${dir#"$out"/}" | tr '/' '_').log"
-  # shellcheck disable=SC2086
-  $train $base "$@" hydra.run.dir="$dir" > "$log" 2>&1 || echo "FAILED $dir (see $log)" >&2
-}
-export -f run
-export out base train
-
-phase() {  # feed "DIR OVERRIDES..." lines to JOBS parallel runs
-  xargs -d '\n' -P "$jobs" -I{} bash -c 'run {}'
-}
+# shellcheck source=scripts/run_lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/run_lib.sh"
 
 strategy_overrides() {  # the overrides of a strategy label
   case $1 in

@@ -22,8 +22,7 @@ import logging
 import sys
 
 from selective_backprop.analysis.audit import timing_audit
-from selective_backprop.analysis.cli import (add_axis_arguments, fail, report_parser, setup_logging,
-                                             usable_runs)
+from selective_backprop.analysis.cli import add_axis_arguments, axis_report_runs, fail, report_parser
 from selective_backprop.analysis.table1 import (config_times, table1, table1_markdown, table1_paired,
                                                 table1_seeds, table_runs, write_table1)
 
@@ -31,12 +30,10 @@ from selective_backprop.analysis.table1 import (config_times, table1, table1_mar
 def main(argv: list[str] | None = None) -> int:
     ap = report_parser(__doc__)
     add_axis_arguments(ap)
-    args = ap.parse_args(argv)
-    setup_logging(args.verbose)
-    runs = usable_runs(args.run_dirs, args.schedules)
-    if runs is None:
+    loaded = axis_report_runs(ap, argv)
+    if loaded is None:
         return 1
-    options = {"include_noisy": args.include_noisy, "axis": args.axis, "schedules": args.schedules}
+    args, runs, options = loaded
     paired = table1_paired(runs, **options)
     df = table1(runs, **options)
     if df.empty:

@@ -24,8 +24,8 @@ from selective_backprop.analysis.audit import flagged_list, flagged_runs, timing
 from selective_backprop.analysis.pareto import (pareto_points, pareto_share,  # noqa: E402
                                                 pareto_share_by_seed, pareto_share_csv, write_pareto)
 from selective_backprop.analysis.table1 import table_runs  # noqa: E402
-from selective_backprop.analysis.cli import (add_axis_arguments, fail, report_parser,  # noqa: E402
-                                             setup_logging, usable_runs)
+from selective_backprop.analysis.cli import (add_axis_arguments, axis_report_runs, fail,  # noqa: E402
+                                             report_parser)
 
 
 def flagged_on_axis(runs, args) -> frozenset[str]:
@@ -47,13 +47,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep-flagged", action="store_true",
                     help="keep the runs the timing audit flags on a time axis (left out by default)")
     add_axis_arguments(ap)
-    args = ap.parse_args(argv)
-    setup_logging(args.verbose)
-    runs = usable_runs(args.run_dirs, args.schedules)
-    if runs is None:
+    loaded = axis_report_runs(ap, argv)
+    if loaded is None:
         return 1
-    options = {"include_noisy": args.include_noisy, "axis": args.axis, "schedules": args.schedules,
-               "exclude": flagged_on_axis(runs, args)}
+    args, runs, options = loaded
+    options["exclude"] = flagged_on_axis(runs, args)
     points = pareto_points(runs, **options)
     if points.empty and options["exclude"]:
         return fail(f"the timing audit flags every run on the {args.axis} axis: nothing left to plot "

@@ -10,7 +10,7 @@
 # TEST_SUBSET-image test subset. Knobs: training-set size (up to all 60 000), width, augmentation (none /
 # flip only / crop padding 2 + flip), epochs (the schedule). The default grid is about 3.3-3.6 h of one core
 # (~1.8 h at JOBS=2): 1.1-1.5 ms per trained example at width 16, ~3.5 ms at width 32, one thread, plus
-# ~1.5 s per evaluation on 2 000 test images. JOBS runs at a time, one thread each;
+# ~1.5 s per evaluation on 2 000 test images. JOBS runs at a time (at most the cores), one thread each;
 # re-running resumes unfinished runs and skips finished ones. Layout: OUT/<setup>_s<seed>, OUT/logs/.
 set -euo pipefail
 [ $# -eq 1 ] || { echo "usage: $0 OUT   (env: SEEDS='0' JOBS=2 TEST_SUBSET=2000 SETUPS=...)" >&2; exit 2; }
@@ -18,7 +18,6 @@ out=$1
 seeds=${SEEDS:-0}
 jobs=${JOBS:-2}
 train=${SB_TRAIN:-"${PYTHON:-.venv/bin/python} -m selective_backprop.train"}
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 base="experiment=fashion_mnist_regime strategy=traditional device=cpu dataset.test_subset=${TEST_SUBSET:-2000} \
 train.eval_every=1 ${EXTRA_OVERRIDES:-}"
 none="dataset.augment.crop_padding=0 dataset.augment.hflip=false"
@@ -39,21 +38,12 @@ n60000_w16_crop2_e10 dataset.subset=null model.width=16 $crop2 $e10
 n60000_w16_none_e30 dataset.subset=null model.width=16 $none $e30
 n60000_w16_flip_e30 dataset.subset=null model.width=16 $flip $e30"
 setups=${SETUPS:-$default_setups}
-mkdir -p "$out/logs"
-
-run() {  # run DIR OVERRIDES...: one training run, its log beside the others
-  local dir=$1; shift
-  local log
-  log="$out/logs/$(basename "$dir").log"
-  # shellcheck disable=SC2086
-  $train $base "$@" hydra.run.dir="$dir" > "$log" 2>&1 || echo "FAILED $dir (see $log)" >&2
-}
-export -f run
-export out base train
+# shellcheck source=scripts/run_lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/run_lib.sh"
 
 for s in $seeds; do
   while read -r name overrides; do
     [ -n "$name" ] && echo "$out/${name}_s$s $overrides seed=$s"
   done <<< "$setups"
-done | xargs -d '\n' -P "$jobs" -I{} bash -c 'run {}'
+done | phase
 echo "done: $out"

@@ -27,33 +27,11 @@ out=$1
 seeds=${SEEDS:-"0 1 2 3 4"}
 jobs=${JOBS:-2}
 train=${SB_TRAIN:-"${PYTHON:-.venv/bin/python} -m selective_backprop.train"}
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
-[[ $jobs =~ ^[1-9][0-9]*$ ]] || { echo "JOBS=$jobs: accepted: an integer >= 1" >&2; exit 2; }
-[[ $OMP_NUM_THREADS =~ ^[1-9][0-9]*$ ]] || { echo "OMP_NUM_THREADS=$OMP_NUM_THREADS: accepted: an integer >= 1" >&2; exit 2; }
-cores=$(getconf _NPROCESSORS_ONLN 2>/dev/null || echo 1)   # not nproc: it reports OMP_NUM_THREADS
-fit=$(( cores / OMP_NUM_THREADS > 0 ? cores / OMP_NUM_THREADS : 1 ))
-if [ "$jobs" -gt "$fit" ]; then   # more runs than cores would time each other's waits
-  echo "JOBS=$jobs x OMP_NUM_THREADS=$OMP_NUM_THREADS exceeds the $cores cores: running $fit at a time" >&2
-  jobs=$fit
-fi
 base="experiment=fashion_mnist_regime dataset.subset=6000 train.eval_every_cost=epoch \
 dataset.augment.crop_padding=0 dataset.augment.hflip=false device=cpu ${EXTRA_OVERRIDES:-}"
 budget="train.max_epochs=null train.budget_axis=cost"
-mkdir -p "$out/logs"
-
-run() {  # run DIR OVERRIDES...: one training run, its log beside the others
-  local dir=$1; shift
-  local log
-  log="$out/logs/$(echo "$dir" | tr '/' '_').log"
-  # shellcheck disable=SC2086
-  $train $base "$@" hydra.run.dir="$dir" > "$log" 2>&1 || echo "FAILED $dir (see $log)" >&2
-}
-export -f run
-export out base train
-
-phase() {  # feed "DIR OVERRIDES..." lines to JOBS parallel runs; returns when the last one has ended
-  xargs -d '\n' -P "$jobs" -I{} bash -c 'run {}'
-}
+# shellcheck source=scripts/run_lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/run_lib.sh"
 
 # 1: the Traditional references of Table 1
 {

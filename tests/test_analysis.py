@@ -206,6 +206,28 @@ def test_plot_pareto_leaves_flagged_runs_off_the_time_axis(tmp_path):
     assert proc.returncode == 0 and "left out" not in proc.stderr
 
 
+def test_plot_pareto_says_when_the_audit_flags_every_run(tmp_path):
+    """Every run contended (load 5 on 2 cores): the time axis has nothing left, one error line says so
+    and how to go on; --keep-flagged and --axis cost both plot."""
+    from runrecords import write_run
+
+    timing = {"cpu_count": 2, "threads": 1, "cpu_s": 10.0, "wall_s": 10.0, "loadavg_start": 5.0,
+              "loadavg_end": 5.0}
+    for strategy in ("traditional", "sb"):
+        write_run(tmp_path / "runs", f"{strategy}_s0", strategy, 0, [100.0, 200.0], [0.3, 0.2],
+                  timing=timing, loadavg=5.0)
+    proc = run_script("plot_pareto.py", tmp_path / "runs", "--out", tmp_path / "t")
+    assert proc.returncode == 1
+    assert proc.stderr.splitlines()[-1] == (
+        "error: the timing audit flags every run on the time axis: nothing left to plot (--axis cost "
+        "plots the cost axis; --keep-flagged plots the flagged runs anyway)")
+    assert "load 5.00 above its 2 cores" in proc.stderr and not (tmp_path / "t").exists()
+    for extra in (["--keep-flagged"], ["--axis", "cost"]):
+        proc = run_script("plot_pareto.py", tmp_path / "runs", "--out", tmp_path / extra[-1], *extra)
+        assert proc.returncode == 0, proc.stderr
+        assert (tmp_path / extra[-1] / "pareto_share.csv").exists()
+
+
 # ---------------------------------------------------------------- figures
 
 def test_phase_breakdown(runset):

@@ -17,13 +17,13 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, compose_config, tiny_config
+from resume_helpers import run_crashing, without_timing
 from selective_backprop.engine.budget import Budget, BudgetClock, check_schedule_budget
 from selective_backprop.strategies.infobatch import InfoBatch
-from selective_backprop.engine.run_state import RunState
 from selective_backprop.engine.runtime import LRSchedule
 from selective_backprop.engine.trainer import Trainer
 from selective_backprop.errors import ConfigError
-from selective_backprop.record import TIMING_FIELDS, read_metrics
+from selective_backprop.record import read_metrics
 from selective_backprop.train import run
 from selective_backprop.validate import validate_config
 
@@ -66,10 +66,6 @@ def bundle(fmnist_bundle):
 def train(run_dir: Path, root: Path, overrides: list[str], bundle) -> dict:
     run(tiny_config(root, QUIET + overrides), str(run_dir), bundle)
     return json.loads((run_dir / "summary.json").read_text())
-
-
-def strip_timing(rows: list[dict]) -> list[dict]:
-    return [{k: v for k, v in r.items() if k not in TIMING_FIELDS} for r in rows]
 
 
 # ------------------------------------------------------------------------------------ the schedule
@@ -162,21 +158,12 @@ def test_lr_drops_at_the_budget_shares_and_resumes_identically(name, tmp_path, f
     assert rows[-1]["budget_fraction"] >= 1 and rows[-1]["lr"] == reference[-1][1]
 
     lr_trace.clear()
-    original = RunState.after_epoch
-
-    def crash(self, trainer, epoch):
-        original(self, trainer, epoch)
-        if epoch == 1:
-            raise RuntimeError("simulated crash")
-    with monkeypatch.context() as m:
-        m.setattr(RunState, "after_epoch", crash)
-        with pytest.raises(RuntimeError, match="simulated crash"):
-            train(tmp_path / "resumed", fmnist_root, overrides, bundle)
+    run_crashing(monkeypatch, lambda: train(tmp_path / "resumed", fmnist_root, overrides, bundle))
     first = len(lr_trace)
     assert 0 < first < len(reference)
     train(tmp_path / "resumed", fmnist_root, overrides, bundle)
     assert [(c, lr, tag) for c, lr, tag, _ in lr_trace] == [(c, lr, tag) for c, lr, tag, _ in reference], name
-    assert strip_timing(read_metrics(tmp_path / "resumed" / "metrics.jsonl")) == strip_timing(rows)
+    assert without_timing(read_metrics(tmp_path / "resumed" / "metrics.jsonl")) == without_timing(rows)
 
 
 def test_linear_schedule_reaches_zero_at_the_budget(tmp_path, fmnist_root, bundle, lr_trace):

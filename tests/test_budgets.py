@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, tiny_config
+from resume_helpers import run_crashing, without_timing
 from selective_backprop.engine.budget import CostWeights, cost_from_record, resolve_budget
-from selective_backprop.record import TIMING_FIELDS, read_metrics
+from selective_backprop.record import read_metrics
 from selective_backprop.engine.runtime import lr_factor
 from selective_backprop.engine.trainer import Trainer
 from selective_backprop.errors import ConfigError
@@ -118,21 +119,11 @@ def test_cost_budget_resumes_exactly(tmp_path, fmnist_root, fmnist_bundle, monke
     """Crash after epoch 1 of a cost-bound SB run, resume: same records (timings aside) as uninterrupted."""
     overrides = QUIET + ["strategy=sb", "train.max_epochs=null", "train.max_cost=2500"]
     run(tiny_config(fmnist_root, overrides), str(tmp_path / "ref"), fmnist_bundle)
-    from selective_backprop.engine.run_state import RunState
-    original = RunState.after_epoch
-
-    def crash(self, trainer, epoch):
-        original(self, trainer, epoch)
-        if epoch == 1:
-            raise RuntimeError("simulated crash")
-    with monkeypatch.context() as m:
-        m.setattr(RunState, "after_epoch", crash)
-        with pytest.raises(RuntimeError):
-            run(tiny_config(fmnist_root, overrides), str(tmp_path / "resumed"), fmnist_bundle)
+    run_crashing(monkeypatch, lambda: run(tiny_config(fmnist_root, overrides), str(tmp_path / "resumed"),
+                                          fmnist_bundle))
     run(tiny_config(fmnist_root, overrides), str(tmp_path / "resumed"), fmnist_bundle)
-    strip = lambda rows: [{k: v for k, v in r.items() if k not in TIMING_FIELDS} for r in rows]  # noqa: E731
-    ref, resumed = (strip(read_metrics(tmp_path / d / "metrics.jsonl")) for d in ("ref", "resumed"))
-    assert resumed == ref and ref[-1]["cost"] >= 2500
+    ref, resumed = (without_timing(read_metrics(tmp_path / d / "metrics.jsonl")) for d in ("ref", "resumed"))
+    assert resumed == ref and read_metrics(tmp_path / "ref" / "metrics.jsonl")[-1]["cost"] >= 2500
     assert summary_of(tmp_path / "resumed")["cost"] == summary_of(tmp_path / "ref")["cost"]
 
 
@@ -207,27 +198,17 @@ def test_cost_grid_resumes_exactly(tmp_path, fmnist_root, fmnist_bundle, monkeyp
     """Crash after epoch 1 of an SB run on a 700-unit grid (a grid point pending across the boundary),
     resume: the same evaluations at the same steps, and the same rows timings aside."""
     from selective_backprop.engine.checkpoint import checkpoint_path, load_checkpoint
-    from selective_backprop.engine.run_state import RunState
     overrides = QUIET + ["strategy=sb", "train.max_epochs=3", "train.eval_every_cost=700"]
     run(tiny_config(fmnist_root, overrides), str(tmp_path / "ref"), fmnist_bundle)
-    original = RunState.after_epoch
-
-    def crash(self, trainer, epoch):
-        original(self, trainer, epoch)
-        if epoch == 1:
-            raise RuntimeError("simulated crash")
-    with monkeypatch.context() as m:
-        m.setattr(RunState, "after_epoch", crash)
-        with pytest.raises(RuntimeError):
-            run(tiny_config(fmnist_root, overrides), str(tmp_path / "resumed"), fmnist_bundle)
+    run_crashing(monkeypatch, lambda: run(tiny_config(fmnist_root, overrides), str(tmp_path / "resumed"),
+                                          fmnist_bundle))
     state = load_checkpoint(checkpoint_path(tmp_path / "resumed"))
     cost = recomputed_cost({"examples_forwarded": state["counters"]["select_forwarded"]
                             + state["counters"]["train_forwarded"],
                             "examples_backpropped": state["counters"]["backpropped"]})
     assert state["eval_grid"] == {"every": 700.0, "next": int(cost // 700) + 1} and cost % 700 != 0
     run(tiny_config(fmnist_root, overrides), str(tmp_path / "resumed"), fmnist_bundle)
-    strip = lambda rows: [{k: v for k, v in r.items() if k not in TIMING_FIELDS} for r in rows]  # noqa: E731
-    ref, resumed = (strip(read_metrics(tmp_path / d / "metrics.jsonl")) for d in ("ref", "resumed"))
+    ref, resumed = (without_timing(read_metrics(tmp_path / d / "metrics.jsonl")) for d in ("ref", "resumed"))
     assert resumed == ref and len(ref) >= 5
     assert summary_of(tmp_path / "resumed")["cost"] == summary_of(tmp_path / "ref")["cost"]
     text = (tmp_path / "resumed" / "metrics.jsonl").read_text()

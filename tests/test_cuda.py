@@ -259,14 +259,15 @@ def test_resume_on_cuda_is_identical_to_the_uninterrupted_run(name, tmp_path, mo
     from selective_backprop.engine.checkpoint import checkpoint_path, load_checkpoint
     from selective_backprop.engine.run_state import RunState
     from selective_backprop.train import run
-    from test_reliability import INPROC_BASE, _crash_after, assert_same_state, final_state, metric_rows, without_timing
+    from resume_helpers import crash_after, metric_rows, without_timing
+    from test_reliability import INPROC_BASE, assert_same_state, final_state
 
     data = bundle(256)
     cfg = cuda_config(tmp_path, INPROC_BASE + RESUME[name])
     run(cfg, str(tmp_path / "reference"), data)
     run_dir = tmp_path / "run"
     with monkeypatch.context() as m:
-        m.setattr(RunState, "after_epoch", _crash_after(1))
+        m.setattr(RunState, "after_epoch", crash_after(1))
         with pytest.raises(RuntimeError, match="simulated crash"):
             run(cfg, str(run_dir), data)
     assert load_checkpoint(checkpoint_path(run_dir))["next_epoch"] == 1

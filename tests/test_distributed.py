@@ -26,7 +26,7 @@ import yaml
 from conftest import CONF, REPO, compose_config
 from selective_backprop.engine.checkpoint import checkpoint_path, load_checkpoint
 from selective_backprop.errors import ConfigError
-from selective_backprop.record import TIMING_FIELDS
+from resume_helpers import metric_rows, without_timing
 from selective_backprop.train import run
 
 BASE = ["dataset.subset=512", "train.max_epochs=2", "train.eval_every=2", "train.batch_size=64",
@@ -68,8 +68,7 @@ def torchrun(run_dir: str, root: Path, extra=(), hooks=()) -> subprocess.Complet
 
 
 def rows_without_timing(run_dir: Path) -> list[str]:
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [json.dumps({k: v for k, v in r.items() if k not in TIMING_FIELDS}, sort_keys=True) for r in rows]
+    return without_timing(metric_rows(run_dir))
 
 
 def same_tensors(a: dict, b: dict) -> bool:

@@ -221,15 +221,21 @@ def test_infobatch_delta_sets_the_pruning_share(max_epochs, delta, pruning):
     assert InfoBatch(32, 0, anneal=1 - delta).delta == delta                 # the deprecated alias
 
 
+def _trained_infobatch(n: int, seed: int, loss_seed: int, epochs: int, grow: bool = False):
+    """An InfoBatch (b = 32, 10-epoch schedule) fed seeded stand-in losses for ``epochs`` epochs (times
+    epoch + 1 with ``grow``); returns it with its context."""
+    ctx = _context(SyntheticImages(n), 32, max_epochs=10)
+    ib = InfoBatch(batch_size=32, seed=seed)
+    fake_loss = torch.rand(n, generator=torch.Generator().manual_seed(loss_seed))
+    for epoch in range(epochs):
+        for b in ib.epoch(epoch, ctx):
+            ib.after_train_step(b, fake_loss[b.idx] * (epoch + 1 if grow else 1), torch.zeros(b.x.shape[0], 4))
+    return ib, ctx
+
+
 def test_infobatch_resume_in_the_tail_keeps_the_leftover_weights():
     """10 epochs (8.75): a checkpoint after the last pruning epoch restores the weights the tail uses."""
-    data = SyntheticImages(200)
-    ctx = _context(data, 32, max_epochs=10)
-    ib = InfoBatch(batch_size=32, seed=2)
-    fake_loss = torch.rand(200, generator=torch.Generator().manual_seed(4))
-    for epoch in range(8):
-        for b in ib.epoch(epoch, ctx):
-            ib.after_train_step(b, fake_loss[b.idx], torch.zeros(b.x.shape[0], 4))
+    ib, ctx = _trained_infobatch(n=200, seed=2, loss_seed=4, epochs=8)
     again = InfoBatch(batch_size=32, seed=2)
     again.load_state_dict(ib.state_dict(), CPU)
     first, second = _epoch(ib, 8, ctx), _epoch(again, 8, ctx)
@@ -243,13 +249,7 @@ def test_infobatch_resume_in_the_tail_keeps_the_leftover_weights():
 
 def test_infobatch_resume_gives_the_same_batches():
     """state_dict after two epochs (scores from training losses, generator) → identical epochs 2 and 3."""
-    data = SyntheticImages(300)
-    ctx = _context(data, 32, max_epochs=10)
-    ib = InfoBatch(batch_size=32, seed=5)
-    fake_loss = torch.rand(300, generator=torch.Generator().manual_seed(9))
-    for epoch in range(2):
-        for b in ib.epoch(epoch, ctx):
-            ib.after_train_step(b, fake_loss[b.idx] * (epoch + 1), torch.zeros(b.x.shape[0], 4))
+    ib, ctx = _trained_infobatch(n=300, seed=5, loss_seed=9, epochs=2, grow=True)
     state = ib.state_dict()
     again = InfoBatch(batch_size=32, seed=5)
     again.load_state_dict(state, CPU)

@@ -14,15 +14,15 @@ import pickle
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
 from conftest import REPO, tiny_config
+from resume_helpers import metric_rows, run_crashing, wait_for_marker, without_timing
 from selective_backprop.engine.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
-from selective_backprop.record import TIMING_FIELDS, read_metrics
+from selective_backprop.record import read_metrics
 from selective_backprop.engine.evaluation import Evaluator
 from selective_backprop.engine.run_state import RunState
 from selective_backprop.engine.trainer import PREEMPTION, DivergedError, Preempted
@@ -36,11 +36,6 @@ INPROC_BASE = ["dataset.subset=256", "deterministic=true", "train.max_epochs=3",
 
 
 # ----------------------------------------------------------------------------------------- helpers
-
-def without_timing(rows: list[dict]) -> list[str]:
-    """Rows as canonical JSON without the timing fields (NaN-safe comparison)."""
-    return [json.dumps({k: v for k, v in r.items() if k not in TIMING_FIELDS}, sort_keys=True) for r in rows]
-
 
 def assert_same_state(a, b, where: str = "") -> None:
     """Nested dicts/lists of tensors and plain values are equal (tensors bit for bit)."""
@@ -64,10 +59,6 @@ def final_state(run_dir: Path) -> dict:
     assert state["finished"] == "completed"
     return {"model": state["model"], "optimizer": state["optimizer"], "strategy": state["strategy"],
             "counters": state["counters"]}
-
-
-def metric_rows(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 @pytest.fixture(autouse=True)
@@ -109,13 +100,7 @@ def cli_interrupt(run_dir: Path, root: Path, point: str, sig: int, extra=(), che
         proc = subprocess.Popen(_cli(run_dir, root, extra, hooks), cwd=REPO, env=_cli_env(), stdout=log,
                                 stderr=subprocess.STDOUT)
         try:
-            deadline = time.monotonic() + 400
-            while not marker.exists():
-                if proc.poll() is not None:
-                    pytest.fail(f"exited {proc.returncode} before {point}:\n{log_path.read_text()[-3000:]}")
-                if time.monotonic() > deadline:
-                    pytest.fail(f"never reached {point}:\n{log_path.read_text()[-3000:]}")
-                time.sleep(0.05)
+            wait_for_marker(proc, marker, point, log_path, timeout_s=400)
             if check is not None:
                 check()
             proc.send_signal(sig)
@@ -243,25 +228,12 @@ def references(tmp_path_factory, fmnist_root, small_bundle):
     return get
 
 
-def _crash_after(epoch_to_crash: int):
-    original = RunState.after_epoch
-
-    def after_epoch(self, trainer, epoch):
-        original(self, trainer, epoch)
-        if epoch == epoch_to_crash:
-            raise RuntimeError("simulated crash")
-    return after_epoch
-
-
 @pytest.mark.parametrize("name", list(STRATEGIES))
 def test_resume_is_exact_for_every_strategy(name, tmp_path, fmnist_root, small_bundle, references, monkeypatch):
     """Crash right after epoch 1's checkpoint (mid evaluation interval: eval_every=2), resume, compare."""
     cfg = tiny_config(fmnist_root, INPROC_BASE + STRATEGIES[name])
     run_dir = tmp_path / "run"
-    with monkeypatch.context() as m:
-        m.setattr(RunState, "after_epoch", _crash_after(1))
-        with pytest.raises(RuntimeError, match="simulated crash"):
-            run(cfg, str(run_dir), small_bundle)
+    run_crashing(monkeypatch, lambda: run(cfg, str(run_dir), small_bundle))
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "failed" and "simulated crash" in summary["error"]
     state = load_checkpoint(checkpoint_path(run_dir))

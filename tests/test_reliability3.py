@@ -22,6 +22,7 @@ import pytest
 import torch
 
 from conftest import REPO
+from resume_helpers import wait_for_marker
 from selective_backprop.engine.checkpoint import DiskFullError, checkpoint_path, load_checkpoint, save_checkpoint
 from selective_backprop.engine.run_lock import STALE_S, RunDirLock, RunDirLocked, read_lock
 
@@ -80,11 +81,7 @@ def paused_run(run_dir: Path, root: Path, point: str, extra=(), hold: bool = Fal
         proc = subprocess.Popen(train_cmd(run_dir, root, extra, hooks), cwd=REPO, env=_env(), stdout=log,
                                 stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 300
-        while not marker.exists():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"never reached {point} (rc {proc.poll()}):\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.05)
+        wait_for_marker(proc, marker, point, log_path, timeout_s=300)
         proc.log_path = log_path
         yield proc
     finally:

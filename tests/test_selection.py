@@ -543,6 +543,15 @@ def test_dropin_packs_kept_examples_for_any_input_shape(make_model, shape, class
     assert sb.flush() is None
 
 
+def _kept_and_twin(sb, twin, model, data):
+    """The indices a drop-in SelectiveBackprop keeps over ``data`` (flush included), and those its twin
+    LossSelector keeps when fed the same 0/1 losses (1 where y == 1)."""
+    expected = torch.cat([idx[twin.select((y == 1).float())[0]] for x, y, idx in data])
+    got = [b[2] for x, y, idx in data for b in sb.select(model, x, y, idx)]
+    rest = sb.flush()
+    return torch.cat(got + ([] if rest is None else [rest[2]])), expected
+
+
 def test_dropin_uses_custom_loss_fn():
     """A custom per-example loss drives the rule: loss 1 for class 1, 0 otherwise, β = 200.
 
@@ -561,10 +570,7 @@ def test_dropin_uses_custom_loss_fn():
     data = _data((7,), 5)
     sb = SelectiveBackprop(beta=200.0, history=64, batch_size=8, loss_fn=loss_fn, seed=0, percentile="inclusive")
     twin = LossSelector(200.0, history=64, seed=0, percentile="inclusive")
-    expected = torch.cat([idx[twin.select((y == 1).float())[0]] for x, y, idx in data])
-    got = [b[2] for x, y, idx in data for b in sb.select(model, x, y, idx)]
-    rest = sb.flush()
-    got = torch.cat(got + ([] if rest is None else [rest[2]]))
+    got, expected = _kept_and_twin(sb, twin, model, data)
     assert torch.equal(got, expected)
     all_y = torch.cat([d[1] for d in data])
     class1 = torch.nonzero(all_y == 1).flatten()
@@ -582,10 +588,7 @@ def test_dropin_custom_loss_fn_strict_rule():
     sb = SelectiveBackprop(beta=1.0, history=64, batch_size=8, loss_fn=lambda logits, y: (y == 1).float(), seed=0)
     assert sb.percentile == "strict"
     twin = LossSelector(1.0, history=64, seed=0, percentile="strict")
-    expected = torch.cat([idx[twin.select((y == 1).float())[0]] for x, y, idx in data])
-    got = [b[2] for x, y, idx in data for b in sb.select(model, x, y, idx)]
-    rest = sb.flush()
-    got = torch.cat(got + ([] if rest is None else [rest[2]]))
+    got, expected = _kept_and_twin(sb, twin, model, data)
     assert torch.equal(got, expected)
     all_y = torch.cat([d[1] for d in data])
     assert bool((all_y[got] == 1).all()) and got.shape[0] > 0

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import functools
 import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from selective_backprop.errors import ConfigError
+from selective_backprop.errors import ConfigError, check_folder
 
 EXIT_BAD_INPUT = 2
 
@@ -90,17 +89,4 @@ def check_output_dir(path: str | Path, field: str = "--out") -> Path:
     """Raise ConfigError (one line naming `field` and the path) unless `path` is, or can be created as,
     a writable folder. Writability is probed with a temporary file deleted at once (permission bits do
     not tell for root users or read-only mounts); no folder is created here."""
-    target = Path(path).expanduser().absolute()
-    existing = target
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        where = "is a file" if existing == target else f"cannot be created: '{existing}' is a file"
-        raise ConfigError(f"{field}: '{target}' {where}; accepted: a folder (existing or new)")
-    try:
-        with tempfile.TemporaryFile(dir=existing):
-            pass
-    except OSError as exc:
-        raise ConfigError(f"{field}: '{target}' is not writable ({exc.strerror or exc} in '{existing}'); "
-                          f"accepted: a writable folder") from exc
-    return target
+    return check_folder(path, field)

@@ -87,6 +87,20 @@ def usable_runs(run_dirs: list[str], schedules: list[str] | None = None) -> RunS
     return runs
 
 
+def axis_report_runs(ap: argparse.ArgumentParser, argv: list[str] | None
+                     ) -> tuple[argparse.Namespace, RunSet, dict[str, Any]] | None:
+    """The start of an axis report (Table 1, the Pareto frontier): parse ``ap`` (a report_parser with
+    add_axis_arguments), set up logging, load the usable runs of --schedules. Returns the arguments, the
+    runs and the options every table of the report takes (include_noisy, axis, schedules), or None after
+    the one-line error."""
+    args = ap.parse_args(argv)
+    setup_logging(args.verbose)
+    runs = usable_runs(args.run_dirs, args.schedules)
+    if runs is None:
+        return None
+    return args, runs, {"include_noisy": args.include_noisy, "axis": args.axis, "schedules": args.schedules}
+
+
 def table_report(args: argparse.Namespace, name: str, build: Callable[[RunSet], Any],
                  write: Callable[[Any, str], list], render: Callable[[Any], str],
                  has_rows: Callable[[Any], bool], missing: str) -> int:

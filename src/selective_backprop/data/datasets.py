@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import pickle
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +24,7 @@ from torchvision.datasets.utils import calculate_md5
 from selective_backprop.data import fashion_mnist_debian as fmd
 from selective_backprop.data.info import DATASET_INFO, DatasetInfo
 from selective_backprop.data.transforms import build_transforms
-from selective_backprop.errors import ConfigError, DataError
+from selective_backprop.errors import ConfigError, DataError, check_folder
 
 __all__ = [
     "DATASET_INFO",
@@ -305,22 +304,11 @@ def check_root(name: str, root: str | Path, download: bool = False) -> None:
     will write there. Writability is probed with a temporary file that is deleted at once (permission
     bits alone do not tell: root users, read-only mounts, /proc); nothing else is created.
     """
-    root = Path(root).expanduser().absolute()
-    existing = root
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        where = "is a file" if existing == root else f"cannot be created: '{existing}' is a file"
-        raise DataError(f"dataset.root: '{root}' {where}; accepted: a folder (set dataset.root or SB_DATA_ROOT)")
-    if not _needs_write(name, root, download):
-        return
-    try:
-        with tempfile.TemporaryFile(dir=existing):
-            pass
-    except OSError as exc:
-        raise DataError(f"dataset.root: '{root}' is not writable ({exc.strerror or exc} in '{existing}'); "
-                        f"accepted: a writable folder, or one that already holds the "
-                        f"{DATASET_INFO[name].title} files (set dataset.root or SB_DATA_ROOT)") from exc
+    check_folder(root, "dataset.root", error=DataError,
+                 accepted="a folder (set dataset.root or SB_DATA_ROOT)",
+                 writable=_needs_write(name, Path(root).expanduser().absolute(), download),
+                 accepted_writable=f"a writable folder, or one that already holds the "
+                                   f"{DATASET_INFO[name].title} files (set dataset.root or SB_DATA_ROOT)")
 
 
 # ---------------------------------------------------------------------------------------- loaders
