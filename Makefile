@@ -4,6 +4,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 RUNS_CPU := results/fashion_mnist_cpu
+# TEST_WORKERS: pytest-xdist workers for make test / test-fast (auto: one per core; 0: one process)
+TEST_WORKERS ?= auto
 # PARETO_ARGS=--keep-flagged keeps the runs the timing audit flags on the time-axis Pareto of report-cpu / report-1gpu
 PARETO_ARGS ?=
 
@@ -24,10 +26,10 @@ setup: $(PY)  ## create .venv, install the package editable with its dev extras,
 	$(PY) scripts/get_data.py
 
 test:  ## run the test suite (CPU; ~20-30 min on 2 cores)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 test-fast:  ## the test suite without the slow end-to-end tests
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not slow"
 
 demo:  ## Traditional vs SB vs uniform at an equal budget on real Fashion-MNIST (resnet8, CPU, a few minutes)
 	$(PY) scripts/demo.py --out outputs/demo
