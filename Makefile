@@ -25,7 +25,7 @@ setup: $(PY)  ## create .venv, install the package editable with its dev extras,
 	$(PIP) install -e '.[dev]'
 	$(PY) scripts/get_data.py
 
-test:  ## run the test suite (CPU; ~20-30 min on 2 cores)
+test:  ## run the test suite (CPU; ~15 min on 2 cores, one pytest-xdist worker per core)
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 test-fast:  ## the test suite without the slow end-to-end tests
