@@ -31,8 +31,8 @@ test:  ## run the test suite (CPU; ~15 min on 2 cores, one pytest-xdist worker p
 test-fast:  ## the test suite without the slow end-to-end tests
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not slow"
 
-demo:  ## Traditional vs SB vs uniform at an equal budget on real Fashion-MNIST (resnet8, CPU, a few minutes)
-	$(PY) scripts/demo.py --out outputs/demo
+demo:  ## the error-vs-budget frontier at demo size: Traditional, SB, uniform at 1/4, 1/2, 1 x Traditional's cost (Fashion-MNIST, resnet8, CPU, a few minutes)
+	$(PY) scripts/demo.py --budgets 0.25,0.5,1 --out outputs/demo
 
 BENCH_ARGS ?=
 

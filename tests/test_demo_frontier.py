@@ -171,3 +171,9 @@ def test_sigterm_preempts_the_run_in_progress(tmp_path, fmnist_root):
     assert "preempted by SIGTERM" in text and "Traceback" not in text
     assert _summary(out / "b0.5" / "traditional")["status"] == "preempted"
     assert not (out / "frontier.md").exists()
+
+
+def test_make_demo_runs_the_frontier():
+    proc = subprocess.run(["make", "-n", "demo"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "scripts/demo.py --budgets 0.25,0.5,1 --out outputs/demo" in proc.stdout, proc.stdout
