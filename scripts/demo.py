@@ -35,6 +35,7 @@ import json
 import logging
 import math
 import sys
+from collections.abc import Callable
 from fractions import Fraction
 from pathlib import Path
 
@@ -377,7 +378,7 @@ def frontier_report(out: Path, summaries: dict, full: float, schedule: str) -> N
           f"summary.json)\nequal-cost speedups to Traditional's final error x {FACTOR:g}: scripts/demo.py without --budgets")
 
 
-def _trained(train: callable) -> tuple[object, int | None]:
+def _trained(train: Callable[[], dict]) -> tuple[dict | None, int | None]:
     """train()'s result, or (None, exit code) when a signal stopped it (the run checkpointed)."""
     try:
         return train(), None
