@@ -4,6 +4,7 @@ compared without the fields that differ run to run (record.TIMING_FIELDS)."""
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -53,3 +54,22 @@ def wait_for_marker(proc: subprocess.Popen, marker: Path, point: str, log_path: 
         if time.monotonic() > deadline:
             pytest.fail(f"never reached {point}:\n{log_path.read_text()[-3000:]}")
         time.sleep(0.05)
+
+
+def signal_when_logged(cmd: list[str], cwd: Path, env: dict, log_path: Path, text: str,
+                       sig: int = signal.SIGTERM, timeout_s: float = 300) -> tuple[int, str]:
+    """Start ``cmd`` with its output in ``log_path``; once ``text`` appears there, send ``sig`` and wait.
+    Returns the exit code and the log (the process is killed if still alive at the end)."""
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while text not in log_path.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()[-3000:]
+            time.sleep(0.05)
+        proc.send_signal(sig)
+        rc = proc.wait(timeout=timeout_s)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return rc, log_path.read_text()

@@ -10,15 +10,14 @@ from __future__ import annotations
 import csv
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from conftest import REPO
+from resume_helpers import signal_when_logged
 
 DEMO = [sys.executable, str(REPO / "scripts" / "demo.py")]
 SUBSET, BATCH, EPOCHS = 256, 128, 10          # resnet8 width 8 on 256 examples, fashion_mnist_e10
@@ -154,19 +153,7 @@ def test_sigterm_preempts_the_run_in_progress(tmp_path, fmnist_root):
     log_path = tmp_path / "demo.log"
     cmd = DEMO + ["--out", str(out), "--subset", "2048", "--test-subset", "256", "--width", "8",
                   "--budgets", "0.5", f"dataset.root={fmnist_root}"]
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 300
-        while "epoch 0 done" not in log_path.read_text():
-            assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()[-3000:]
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGTERM)
-        rc = proc.wait(timeout=300)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    text = log_path.read_text()
+    rc, text = signal_when_logged(cmd, REPO, _env(), log_path, "epoch 0 done")
     assert rc == 75, text[-3000:]
     assert "preempted by SIGTERM" in text and "Traceback" not in text
     assert _summary(out / "b0.5" / "traditional")["status"] == "preempted"

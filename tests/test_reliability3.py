@@ -22,7 +22,7 @@ import pytest
 import torch
 
 from conftest import REPO
-from resume_helpers import wait_for_marker
+from resume_helpers import signal_when_logged, wait_for_marker
 from selective_backprop.engine.checkpoint import DiskFullError, checkpoint_path, load_checkpoint, save_checkpoint
 from selective_backprop.engine.run_lock import STALE_S, RunDirLock, RunDirLocked, read_lock
 
@@ -372,19 +372,7 @@ def test_sigterm_during_the_demo_preempts_its_run(tmp_path, fmnist_root):
     log_path = tmp_path / "demo.log"
     cmd = [sys.executable, str(REPO / "scripts" / "demo.py"), "--out", str(out), "--subset", "512",
            "--test-subset", "256", "--width", "8", f"dataset.root={fmnist_root}"]
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 300
-        while "epoch 1.00 |" not in log_path.read_text():
-            assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()[-3000:]
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGTERM)
-        rc = proc.wait(timeout=300)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    text = log_path.read_text()
+    rc, text = signal_when_logged(cmd, REPO, _env(), log_path, "epoch 1.00 |")
     assert rc == 75, text[-3000:]
     assert "preempted by SIGTERM" in text and "Traceback" not in text
     assert summary(out / "traditional")["status"] == "preempted"
