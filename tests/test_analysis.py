@@ -221,7 +221,7 @@ def test_plot_pareto_says_when_the_audit_flags_every_run(tmp_path):
     assert proc.stderr.splitlines()[-1] == (
         "error: the timing audit flags every run on the time axis: nothing left to plot (--axis cost "
         "plots the cost axis; --keep-flagged plots the flagged runs anyway)")
-    assert "load 5.00 above its 2 cores" in proc.stderr and not (tmp_path / "t").exists()
+    assert "load 5.00 above 1.25 × its 2 cores" in proc.stderr and not (tmp_path / "t").exists()
     for extra in (["--keep-flagged"], ["--axis", "cost"]):
         proc = run_script("plot_pareto.py", tmp_path / "runs", "--out", tmp_path / extra[-1], *extra)
         assert proc.returncode == 0, proc.stderr

@@ -127,13 +127,26 @@ def test_verdict_rule() -> None:
     assert summarise([], [], []).cell() == "–"
 
 
+@pytest.mark.parametrize("load, flagged", [(2.0, False), (2.1, False), (2.5, False), (2.6, True), (3.5, True)])
+def test_all_cores_busy_with_the_runs_is_not_contention(tmp_path: Path, load: float, flagged: bool) -> None:
+    """Two one-thread runs on 2 cores keep the load at ~2.05-2.1: not contended; above 1.25 x the
+    cores (each task gets < 0.8 of a core) it is."""
+    for seed in range(3):
+        write_run(tmp_path / "runs", f"trad_s{seed}", "traditional", seed, COSTS, TRAD[seed],
+                  timing={**CLEAN, "loadavg_start": [load] * 3, "loadavg_end": [load] * 3}, loadavg=load)
+    audit = timing_audit(load_runs(tmp_path / "runs"))
+    assert audit["load"].tolist() == pytest.approx([load] * 3)
+    assert audit["flagged"].tolist() == [flagged] * 3
+    assert all(("above 1.25 × its 2 cores" in r) == flagged for r in audit["reason"])
+
+
 def test_timing_audit_flags_out_of_line_and_contended_runs(runs: Path) -> None:
     audit = timing_audit(load_runs(runs)).set_index("run_dir")
     flagged = {Path(d).name: r for d, r in audit[audit["flagged"]].iterrows()}
     assert sorted(flagged) == ["kath_s0", "stale_s2", "uniform_s1"]
     # Kath18 seed 0: 0.02 s per unit against the setup's median 0.01 (old record: judged by this alone)
     assert flagged["kath_s0"]["ratio"] == pytest.approx(2.0) and flagged["kath_s0"]["reason"].startswith("2.00×")
-    assert flagged["stale_s2"]["load"] == pytest.approx(3.5) and "load 3.50 above its 2 cores" in flagged["stale_s2"]["reason"]
+    assert flagged["stale_s2"]["load"] == pytest.approx(3.5) and "load 3.50 above 1.25 × its 2 cores" in flagged["stale_s2"]["reason"]
     assert "0.50 CPU s per wall s with 1 thread(s)" in flagged["uniform_s1"]["reason"]
     trad0 = audit.loc[str(runs / "trad_s0")]
     assert not trad0["flagged"] and trad0["cpu_use"] == pytest.approx(0.95) and trad0["load"] == pytest.approx(1.05)
