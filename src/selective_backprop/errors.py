@@ -1,5 +1,8 @@
 """Errors the project raises for bad input: one line, naming the field or file."""
 
+import tempfile
+from pathlib import Path
+
 
 class ConfigError(ValueError):
     """A config value or a data file is unusable; raised before any training work starts.
@@ -13,16 +16,13 @@ class DataError(ConfigError):
     """A dataset folder or file is missing, truncated or corrupted."""
 
 
-def check_folder(path, field: str, *, error: type[ConfigError] = ConfigError,
+def check_folder(path: str | Path, field: str, *, error: type[ConfigError] = ConfigError,
                  accepted: str = "a folder (existing or new)", writable: bool = True,
-                 accepted_writable: str = "a writable folder"):
+                 accepted_writable: str = "a writable folder") -> Path:
     """Raise ``error`` (one line naming ``field`` and the path) unless ``path`` is, or can be created as, a
     folder - and, with ``writable``, one this process can write in. Writability is probed with a
     temporary file deleted at once (permission bits alone do not tell: root users, read-only mounts,
     /proc); nothing else is created. Returns the absolute path."""
-    import tempfile
-    from pathlib import Path
-
     target = Path(path).expanduser().absolute()
     existing = target
     while not existing.exists() and existing != existing.parent:

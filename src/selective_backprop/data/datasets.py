@@ -304,9 +304,10 @@ def check_root(name: str, root: str | Path, download: bool = False) -> None:
     will write there. Writability is probed with a temporary file that is deleted at once (permission
     bits alone do not tell: root users, read-only mounts, /proc); nothing else is created.
     """
+    root = Path(root).expanduser().absolute()
     check_folder(root, "dataset.root", error=DataError,
                  accepted="a folder (set dataset.root or SB_DATA_ROOT)",
-                 writable=_needs_write(name, Path(root).expanduser().absolute(), download),
+                 writable=_needs_write(name, root, download),
                  accepted_writable=f"a writable folder, or one that already holds the "
                                    f"{DATASET_INFO[name].title} files (set dataset.root or SB_DATA_ROOT)")
 
