@@ -46,6 +46,11 @@ MACHINE_KEYS = ("seed", "device", "train.progress", "train.tensorboard", "train.
 # Config keys added after run records existed, with the value that means "as before": at that value they
 # are left out of the configuration key, so earlier records keep their config_key (and stay resumable).
 ADDED_DEFAULTS: dict[str, Any] = {"train.eval_every_cost": None}
+
+# Keys that do not change what a run computes but were hashed into earlier records' config_key: hashed at
+# this fixed value whatever they are set to, so runs differing only there share a key and earlier records
+# keep theirs. (train.eval_batch_size: how the test set is chunked for evaluation; its default was 1024.)
+HASHED_AS: dict[str, Any] = {"train.eval_batch_size": 1024}
 _ABSENT = object()
 
 
@@ -82,7 +87,8 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
 
 def config_key(config: dict) -> str:
     """Stable hash of the config without seed and machine-only keys: runs sharing it form a configuration.
-    A key of ADDED_DEFAULTS at its default is left out too, so records made before it existed keep theirs."""
+    A key of ADDED_DEFAULTS at its default is left out too, so records made before it existed keep theirs;
+    a key of HASHED_AS is hashed at its fixed value."""
     cleaned = json.loads(json.dumps(config))
     for dotted in (*MACHINE_KEYS, *ADDED_DEFAULTS):
         node = cleaned
@@ -91,6 +97,13 @@ def config_key(config: dict) -> str:
             node = node.get(part, {}) if isinstance(node, dict) else {}
         if isinstance(node, dict) and (dotted in MACHINE_KEYS or node.get(leaf, _ABSENT) == ADDED_DEFAULTS[dotted]):
             node.pop(leaf, None)
+    for dotted, value in HASHED_AS.items():
+        *parents, leaf = dotted.split(".")
+        node = cleaned
+        for part in parents:
+            node = node.get(part, {}) if isinstance(node, dict) else {}
+        if isinstance(node, dict) and leaf in node:
+            node[leaf] = value
     blob = json.dumps(cleaned, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

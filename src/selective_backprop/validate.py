@@ -115,7 +115,9 @@ def _check_train(cfg: Any) -> None:
     if every_cost is not None and every_cost != "epoch" and (not _is_number(every_cost) or every_cost <= 0):
         _fail("train.eval_every_cost", every_cost, "a number > 0 (forward-equivalent cost units), epoch (one "
               "Traditional epoch's cost: N x train.cost.train_example) or null (every train.eval_every epochs)")
-    _int_at_least(cfg, "train.eval_batch_size", 1, 1024)
+    eval_batch = _get(cfg, "train.eval_batch_size", "auto")
+    if eval_batch != "auto" and (not _is_int(eval_batch) or eval_batch < 1):
+        _fail("train.eval_batch_size", eval_batch, "an integer >= 1 or auto (128 on a CPU, 1024 on a GPU)")
     _one_of(cfg, "train.epoch_unit", ("considered", "backpropped"), "considered")
     _int_at_least(cfg, "train.num_workers", 0, 0)
     _boolean(cfg, "train.channels_last", False)

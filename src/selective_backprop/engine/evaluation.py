@@ -165,6 +165,20 @@ class Evaluator:
             timing=run["timing"])
 
 
+# -- the test-set chunk (train.eval_batch_size) -----------------------------------------------------------
+#: train.eval_batch_size=auto: a GPU is fastest on big chunks; a CPU on ones that stay in its caches (resnet8 on
+#: 10 000 Fashion-MNIST images, one thread: 8.0 s at 1024, 3.0 s at 128, the same logits bit for bit)
+AUTO_EVAL_BATCH = {"cpu": 128, "cuda": 1024}
+
+
+def eval_batch_size(setting: Any, device: torch.device) -> int:
+    """train.eval_batch_size: a number as given, or auto = AUTO_EVAL_BATCH for the device's type (1024
+    for any other accelerator)."""
+    if setting == "auto":
+        return AUTO_EVAL_BATCH.get(torch.device(device).type, 1024)
+    return int(setting)
+
+
 def _one_minute_load() -> float | None:
     load = load_average()
     return None if load is None else load[0]

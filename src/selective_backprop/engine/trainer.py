@@ -31,7 +31,7 @@ from selective_backprop.engine.budget import BudgetClock, check_schedule_budget,
 from selective_backprop.engine.control import (PREEMPTION, DivergedError, DivergenceGuard, NoTrainingStep,  # noqa: F401
                                                Preempted, PreemptibleContext, RunControl, StopReason,
                                                StopRequested)
-from selective_backprop.engine.evaluation import CostGrid, Evaluator, eval_cost_step
+from selective_backprop.engine.evaluation import CostGrid, Evaluator, eval_batch_size, eval_cost_step
 from selective_backprop.engine.progress import RunProgress, progress_mode
 from selective_backprop.engine.run_state import RunState
 from selective_backprop.engine.runtime import (AMP_DTYPES, LRSchedule, lr_factor, resolve_device,  # noqa: F401
@@ -98,7 +98,8 @@ class Trainer:
         self.recorder = (RunRecorder(output_dir, bool(tcfg.get("tensorboard", True))) if self.dist.is_main
                          else NullRecorder())
         self.evaluator = Evaluator(self.data, self.device, self.memory_format, self.dist, self.progress,
-                                   self.guard, self.recorder, self.hooks, int(tcfg.get("eval_batch_size", 1024)))
+                                   self.guard, self.recorder, self.hooks,
+                                   eval_batch_size(tcfg.get("eval_batch_size", "auto"), self.device))
         grid_step = eval_cost_step(tcfg.get("eval_every_cost"), self.n_train, self.budget.weights)
         self.eval_grid = None if grid_step is None else CostGrid(grid_step)   # None: every eval_every epochs
         self.conditions = TimingConditions()       # summary.json `timing`
