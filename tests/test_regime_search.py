@@ -118,3 +118,23 @@ def test_regime_search_script_end_to_end_at_toy_size(tmp_path):
     setups_found = sorted(line.split(",")[0] for line in
                           (tmp_path / "report" / "regime_search.csv").read_text().splitlines()[1:])
     assert setups_found == ["n64 w4 flip fashion_mnist_e10 test64", "n64 w4 none fashion_mnist_e10 test64"]
+
+
+@pytest.mark.parametrize("subset, expected", [(None, "dataset.test_subset=null"), ("2000", "dataset.test_subset=2000")])
+def test_regime_search_evaluates_on_the_full_test_set_by_default(tmp_path, subset, expected):
+    """With SB_TRAIN=echo each run's log holds the overrides it would train with: the whole default grid,
+    every run on all 10 000 test images unless TEST_SUBSET names a subset."""
+    out = tmp_path / "search"
+    env = {k: v for k, v in os.environ.items() if k not in ("TEST_SUBSET", "SETUPS")}
+    env.update({"SEEDS": "0", "JOBS": "1", "OMP_NUM_THREADS": "1", "SB_TRAIN": "echo"})
+    if subset is not None:
+        env["TEST_SUBSET"] = subset
+    proc = subprocess.run(["bash", str(REPO / "scripts" / "regime_search.sh"), str(out)], env=env, cwd=REPO,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    logs = sorted((out / "logs").glob("*.log"))
+    assert len(logs) == 13
+    for log in logs:
+        words = log.read_text().split()
+        assert expected in words and "strategy=traditional" in words and "train.eval_every=1" in words, log.name
+        assert words[-1] == f"hydra.run.dir={out}/{log.stem}", log.name
