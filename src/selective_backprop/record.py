@@ -85,23 +85,26 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
         raise
 
 
+def _parent(tree: dict, dotted: str) -> tuple[Any, str]:
+    """The node holding a dotted key's leaf ({} where a parent is missing or not a mapping), and the leaf."""
+    *parents, leaf = dotted.split(".")
+    node: Any = tree
+    for part in parents:
+        node = node.get(part, {}) if isinstance(node, dict) else {}
+    return node, leaf
+
+
 def config_key(config: dict) -> str:
     """Stable hash of the config without seed and machine-only keys: runs sharing it form a configuration.
     A key of ADDED_DEFAULTS at its default is left out too, so records made before it existed keep theirs;
     a key of HASHED_AS is hashed at its fixed value."""
     cleaned = json.loads(json.dumps(config))
     for dotted in (*MACHINE_KEYS, *ADDED_DEFAULTS):
-        node = cleaned
-        *parents, leaf = dotted.split(".")
-        for part in parents:
-            node = node.get(part, {}) if isinstance(node, dict) else {}
+        node, leaf = _parent(cleaned, dotted)
         if isinstance(node, dict) and (dotted in MACHINE_KEYS or node.get(leaf, _ABSENT) == ADDED_DEFAULTS[dotted]):
             node.pop(leaf, None)
     for dotted, value in HASHED_AS.items():
-        *parents, leaf = dotted.split(".")
-        node = cleaned
-        for part in parents:
-            node = node.get(part, {}) if isinstance(node, dict) else {}
+        node, leaf = _parent(cleaned, dotted)
         if isinstance(node, dict) and leaf in node:
             node[leaf] = value
     blob = json.dumps(cleaned, sort_keys=True, separators=(",", ":"))
