@@ -9,6 +9,7 @@ import csv
 import importlib.util
 import json
 import logging
+import math
 import os
 import shutil
 import subprocess
@@ -116,6 +117,45 @@ def test_seed_mean_curve(runset):
     c = curves[curves["config_key"] == "cifar10-sb-step-s0.33"].sort_values("epoch")
     assert list(c["train_s"]) == [6.5, 13.0, 19.5, 26.0, 32.5]
     assert list(c["test_error"]) == [0.41, 0.265, 0.2325, 0.2125, 0.2025]
+
+
+def test_grid_points_number_each_evaluation_on_its_cost_grid():
+    """k for the evaluation made once the cost passed k x step; a last evaluation off the grid (it repeats
+    the previous k) is the run's end, inf; NaN on the epoch grid."""
+    assert records._grid_points([3060.0, 6030.0, 9010.0, 9500.0], 3000.0) == [1, 2, 3, math.inf]
+    assert records._grid_points([3000.0, 6000.0, 9000.0], 3000.0) == [1, 2, 3]
+    assert records._grid_points([0.0, 3010.0, 6030.0], 3000.0) == [0, 1, 2]
+    assert all(math.isnan(p) for p in records._grid_points([3060.0, 6030.0], None))
+
+
+def test_seed_mean_curve_on_a_cost_grid(tmp_path):
+    """Runs evaluated on a cost grid (train.eval_every_cost=epoch: 1 000 examples x 3 = 3 000 units) reach
+    each grid point at a different epoch per seed: the seeds align on the grid point, the curve's epoch is
+    their mean, and a last evaluation off the grid (the budget ran out between points) is a point of its
+    own. The Pareto script plots them (it failed on such records when seeds were aligned on epochs)."""
+    from runrecords import write_run
+
+    write_run(tmp_path, "sb0", "sb", 0, [3060, 6030, 9010, 9500], [0.5, 0.4, 0.3, 0.28],
+              epochs=[1.2, 2.5, 3.7, 3.9], eval_every_cost="epoch")
+    write_run(tmp_path, "sb1", "sb", 1, [3010, 6100, 9200, 9600], [0.6, 0.5, 0.2, 0.22],
+              epochs=[1.1, 2.4, 3.9, 4.1], eval_every_cost="epoch")
+    for seed in (0, 1):
+        write_run(tmp_path, f"trad{seed}", "traditional", seed, [3000, 6000, 9000], [0.45, 0.35, 0.25],
+                  eval_every_cost="epoch")
+    rs = load_runs(tmp_path)
+    sb = rs.evals[rs.evals["strategy"] == "sb"].sort_values(["seed", "eval_idx"])
+    assert list(sb["grid_point"]) == [1, 2, 3, math.inf] * 2
+    curves = records.seed_mean_curves(rs)
+    c = curves[curves["strategy"] == "sb"]
+    assert list(c["n_seeds"]) == [2] * 4
+    assert list(c["epoch"]) == [1.15, 2.45, 3.8, 4.0]
+    assert list(c["cost"]) == [3035, 6065, 9105, 9550]
+    assert list(c["test_error"]) == pytest.approx([0.55, 0.45, 0.25, 0.25])
+    assert list(curves[curves["strategy"] == "traditional"]["epoch"]) == [1.0, 2.0, 3.0]
+    proc = run_script("plot_pareto.py", tmp_path, "--axis", "cost", "--out", tmp_path / "p")
+    assert proc.returncode == 0, proc.stderr
+    share = {r["strategy"]: r["points"] for r in csv.DictReader((tmp_path / "p" / "pareto_share.csv").open())}
+    assert set(share) == {"traditional", "sb"}
 
 
 def test_time_to_target_is_first_evaluation_at_or_below():

@@ -176,7 +176,7 @@ def test_cost_grid_evaluates_at_the_first_step_past_each_multiple(strategy, unit
 def test_cost_grid_epoch_is_one_traditional_epoch(tmp_path, fmnist_root, fmnist_bundle):
     """`epoch` = n_train x train.cost.train_example: Traditional evaluates exactly at its epoch ends, SB
     at the first step past each multiple of 512 x 3 units (it gets more epochs out of each)."""
-    from selective_backprop.engine.evaluation import eval_cost_step
+    from selective_backprop.record import eval_cost_step
 
     assert eval_cost_step("epoch", 512, CostWeights(1.0, 3.0)) == 1536.0
     assert eval_cost_step("epoch", 512, CostWeights(0.5, 2.5)) == 1280.0

@@ -168,3 +168,17 @@ def cost_from_record(record: dict, weights: CostWeights = CostWeights()) -> floa
     if forwarded is None or backpropped is None:
         return None
     return weights.cost(int(forwarded) - int(backpropped), int(backpropped))
+
+
+# -- the cost grid (train.eval_every_cost) ------------------------------------------------------------
+EPOCH_COST = "epoch"      # train.eval_every_cost=epoch: one Traditional epoch's cost
+
+
+def eval_cost_step(setting: Any, n_train: int, weights: CostWeights) -> float | None:
+    """train.eval_every_cost in forward-equivalent units: None (evaluate on the epoch grid instead), a
+    number as given, or `epoch` = n_train x train.cost.train_example (what a Traditional epoch costs)."""
+    if setting is None:
+        return None
+    if setting == EPOCH_COST:
+        return n_train * weights.train_example
+    return float(setting)

@@ -42,7 +42,8 @@ import pandas as pd
 
 from selective_backprop.errors import ConfigError
 from selective_backprop.record import (DEFAULT_SELECT_FORWARD, DEFAULT_TRAIN_EXAMPLE, FINISHED, METRICS_FILE, PHASES,
-                                       SUMMARY_FILE, CostWeights, cost_from_record, read_metrics)  # noqa: F401
+                                       SUMMARY_FILE, CostWeights, cost_from_record, eval_cost_step,  # noqa: F401
+                                       read_metrics)
 
 logger = logging.getLogger(__name__)
 
@@ -333,18 +334,58 @@ def _cost(record: dict[str, Any], config: dict[str, Any]) -> float:
     weights (defaults 1 / 3). NaN when neither is there."""
     if record.get("cost") is not None:
         return _as_float(record["cost"])
-    weights = ((config.get("train") or {}).get("cost") or {}) if isinstance(config, dict) else {}
     try:
-        value = cost_from_record(record, CostWeights(float(weights.get("select_forward", DEFAULT_SELECT_FORWARD)),
-                                                     float(weights.get("train_example", DEFAULT_TRAIN_EXAMPLE))))
+        value = cost_from_record(record, _weights(config))
     except (TypeError, ValueError):
         return math.nan
     return math.nan if value is None else float(value)
 
 
+def _train_config(config: Any) -> dict[str, Any]:
+    return (config.get("train") or {}) if isinstance(config, dict) else {}
+
+
+def _weights(config: Any) -> CostWeights:
+    """The run's ``train.cost`` weights (defaults 1 / 3); ValueError / TypeError when they are not numbers."""
+    weights = _train_config(config).get("cost") or {}
+    return CostWeights(float(weights.get("select_forward", DEFAULT_SELECT_FORWARD)),
+                       float(weights.get("train_example", DEFAULT_TRAIN_EXAMPLE)))
+
+
+def _grid_step(summary: dict[str, Any], config: Any) -> float | None:
+    """The cost between two evaluations of a run on a cost grid (``train.eval_every_cost``: ``epoch`` is
+    the run's training examples x the train_example weight); None for a run on the epoch grid, or
+    when the record does not say enough to compute it."""
+    setting = _train_config(config).get("eval_every_cost")
+    if setting is None or (setting == "epoch" and summary.get("n_train") is None):
+        return None
+    try:
+        step = eval_cost_step(setting, int(summary.get("n_train") or 0), _weights(config))
+    except (TypeError, ValueError):
+        return None
+    return step if step is not None and step > 0 else None
+
+
+def _grid_points(costs: list[float], step: float | None) -> list[float]:
+    """Each evaluation's point on its run's cost grid: k for the evaluation made once the cost passed
+    k x step; the run's last evaluation, when it came off the grid (the budget or the schedule ended
+    between two points, so it repeats the previous k), is its end, ``inf``. NaN everywhere on the
+    epoch grid (or for an evaluation without a cost)."""
+    if step is None:
+        return [math.nan] * len(costs)
+    points: list[float] = []
+    for i, cost in enumerate(costs):
+        k = float(math.floor(cost / step + 1e-9)) if math.isfinite(cost) else math.nan
+        if math.isfinite(k) and k in points:
+            k = math.inf if i == len(costs) - 1 else math.nan
+        points.append(k)
+    return points
+
+
 def _eval_rows(run: dict[str, Any], evals: list[dict[str, Any]],
                config: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-    """One row per evaluation, with ``cost`` (computed for older records) and ``train_eval_s``."""
+    """One row per evaluation, with ``cost`` (computed for older records), ``train_eval_s`` and
+    ``grid_point`` (:func:`_grid_points`)."""
     out = []
     for i, rec in enumerate(evals):
         row = {
@@ -365,6 +406,8 @@ def _eval_rows(run: dict[str, Any], evals: list[dict[str, Any]],
         row["cost"] = _cost(rec, config or {})
         row["train_eval_s"] = _as_float(rec.get("train_s")) + _as_float(rec.get("eval_s"))
         out.append(row)
+    for row, point in zip(out, _grid_points([r["cost"] for r in out], run.get("_grid_step"))):
+        row["grid_point"] = point
     return out
 
 
@@ -419,6 +462,7 @@ def load_runs(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]) 
         row["_curve"] = tuple(_as_float(e.get("test_error")) for e in evals)
         row["_params"] = summary.get("strategy_params") if isinstance(summary.get("strategy_params"), dict) else {}
         row["_has_config"] = isinstance(summary.get("config"), dict) and bool(summary.get("config"))
+        row["_grid_step"] = _grid_step(summary, summary.get("config"))
         run_rows.append((row, evals, summary.get("config") or {}))
 
     if skipped:
@@ -527,9 +571,11 @@ def _sort_frame(df: pd.DataFrame, extra: list[str] | None = None) -> pd.DataFram
 def seed_mean_curves(runset: RunSet) -> pd.DataFrame:
     """Each configuration's seed-mean evaluation curve.
 
-    Seeds are aligned on ``epoch`` (rounded to 6 decimals); only evaluations present in every
-    seed of the configuration are kept. Columns: ``dataset, strategy, lr_schedule, label_noise,
-    config_key, n_seeds, epoch`` and the seed means of ``step, train_s, eval_s, train_eval_s,
+    Seeds are aligned on their evaluation points: the point on the cost grid (``grid_point``) for
+    runs evaluated on one (``train.eval_every_cost``; their epochs differ by seed), else ``epoch``
+    (rounded to 6 decimals); only points present in every seed of the configuration are kept.
+    Columns: ``dataset, strategy, lr_schedule, label_noise, config_key, n_seeds, epoch`` (on a cost
+    grid: the seeds' mean epoch there) and the seed means of ``step, train_s, eval_s, train_eval_s,
     cost, test_error, examples_forwarded, examples_backpropped``, ``selected_fraction``,
     ``selected_noisy_fraction`` (when present) and the ``phase_*`` columns — rounded to
     :data:`CURVE_DECIMALS` decimals.
@@ -543,24 +589,34 @@ def seed_mean_curves(runset: RunSet) -> pd.DataFrame:
                               "selected_fraction", "selected_noisy_fraction") if c in ev.columns]
     value_cols += [c for c in ev.columns if c.startswith("phase_")]
     runs = runset.runs.set_index("run_dir")
-    ev = ev.assign(_ep=ev["epoch"].astype(float).round(6))
+    grid = ev["grid_point"] if "grid_point" in ev.columns else pd.Series(math.nan, index=ev.index)
+    ev = ev.assign(_ep=ev["epoch"].astype(float).round(6), _grid=pd.to_numeric(grid, errors="coerce"))
     pieces = []
     for key, g in ev.groupby("config_key", sort=False):
+        on_grid = bool(g["_grid"].notna().all())
+        align = "_grid" if on_grid else "_ep"
         n_seeds = g["run_dir"].nunique()
-        counts = g.groupby("_ep")["run_dir"].nunique()
+        counts = g.groupby(align)["run_dir"].nunique()
         common = counts.index[counts == n_seeds]
         if len(common) < len(counts):
-            logger.debug("%s: %d evaluation epochs not present in every seed dropped from the "
+            logger.debug("%s: %d evaluation points not present in every seed dropped from the "
                          "seed-mean curve", key, len(counts) - len(common))
-        g = g[g["_ep"].isin(common)]
+        g = g[g[align].isin(common)]
+        if g.empty:
+            continue
         num = g[value_cols].apply(pd.to_numeric, errors="coerce")
-        mean = num.groupby(g["_ep"]).mean().round(CURVE_DECIMALS).reset_index()
-        mean = mean.rename(columns={"_ep": "epoch"})
+        mean = num.groupby(g[align]).mean().round(CURVE_DECIMALS)
+        epoch = g.groupby(align)["_ep"].mean().round(6) if on_grid else mean.index.to_series()
+        mean.insert(0, "epoch", epoch.to_numpy())
+        mean = mean.reset_index(drop=True)
         first = runs.loc[g["run_dir"].iloc[0]]
         mean.insert(0, "config_key", key)
         mean.insert(0, "n_seeds", n_seeds)
         for c in ("label_noise", "lr_schedule", "strategy", "dataset"):
             mean.insert(0, c, first[c])
         pieces.append(mean)
+    if not pieces:
+        return pd.DataFrame(columns=["dataset", "strategy", "config_key", "epoch", "train_s",
+                                     "test_error", "step"])
     out = pd.concat(pieces, ignore_index=True)
     return _sort_frame(out, ["config_key", "epoch"])

@@ -21,7 +21,7 @@ from selective_backprop.distributed import Dist
 from selective_backprop.engine.hooks import Hooks
 from selective_backprop.engine.progress import RunProgress
 from selective_backprop.timing import load_average
-from selective_backprop.record import CostWeights, Status, build_summary
+from selective_backprop.record import Status, build_summary
 
 log = logging.getLogger(__name__)
 
@@ -185,19 +185,6 @@ def _one_minute_load() -> float | None:
 
 
 # -- the cost grid (train.eval_every_cost) ------------------------------------------------------------
-EPOCH_COST = "epoch"      # train.eval_every_cost=epoch: one Traditional epoch's cost
-
-
-def eval_cost_step(setting: Any, n_train: int, weights: CostWeights) -> float | None:
-    """train.eval_every_cost in forward-equivalent units: None (evaluate on the epoch grid instead), a
-    number as given, or `epoch` = n_train x train.cost.train_example (what a Traditional epoch costs)."""
-    if setting is None:
-        return None
-    if setting == EPOCH_COST:
-        return n_train * weights.train_example
-    return float(setting)
-
-
 class CostGrid:
     """Evaluation points at every multiple of `every` cost units: the run evaluates after the first
     training step whose cost reaches the next multiple (one evaluation if a step passes several)."""

@@ -31,14 +31,14 @@ from selective_backprop.engine.budget import BudgetClock, check_schedule_budget,
 from selective_backprop.engine.control import (PREEMPTION, DivergedError, DivergenceGuard, NoTrainingStep,  # noqa: F401
                                                Preempted, PreemptibleContext, RunControl, StopReason,
                                                StopRequested)
-from selective_backprop.engine.evaluation import CostGrid, Evaluator, eval_batch_size, eval_cost_step
+from selective_backprop.engine.evaluation import CostGrid, Evaluator, eval_batch_size
 from selective_backprop.engine.progress import RunProgress, progress_mode
 from selective_backprop.engine.run_state import RunState
 from selective_backprop.engine.runtime import (AMP_DTYPES, LRSchedule, lr_factor, resolve_device,  # noqa: F401
                                                set_determinism)
 from selective_backprop.engine.writer import NullRecorder, RunRecorder
 from selective_backprop.errors import ConfigError
-from selective_backprop.record import FINISHED, Status
+from selective_backprop.record import FINISHED, Status, eval_cost_step
 from selective_backprop.sources.device_source import build_source
 from selective_backprop.sources.source import derive_seed
 from selective_backprop.strategies import Counters, TrainBatch, build_strategy
