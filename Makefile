@@ -80,7 +80,7 @@ report-1gpu:  ## Table 1 (time, cost), strategy comparison, Pareto, figures 1/6/
 
 T1_CPU_OUT := multirun/table1_cpu
 
-reproduce-table1-cpu:  ## CPU-scale Table 1 (5 seeds, full test set) + peers + Fig 11-13 on real Fashion-MNIST (hours on 2 cores, time to be re-measured; run nothing else alongside), then report-cpu
+reproduce-table1-cpu:  ## CPU-scale Table 1 (5 seeds, full test set) + peers + Fig 11-13 on real Fashion-MNIST (~3 h 50 min on 2 cores; run nothing else alongside), then report-cpu
 	PYTHON=$(PY) bash scripts/table1_cpu.sh $(T1_CPU_OUT)
 	rm -rf $(RUNS_CPU)/runs $(RUNS_CPU)/sweeps
 	$(PY) scripts/collect_runs.py $(T1_CPU_OUT)/runs $(RUNS_CPU)/runs
