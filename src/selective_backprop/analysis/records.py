@@ -66,6 +66,8 @@ AXIS_LABELS = {"time": "training time (s, evaluation excluded)",
                "cost": "cost (forward-equivalent units, evaluation excluded)"}
 #: seed-mean curves are rounded to this many decimals to remove float noise from averaging
 CURVE_DECIMALS = 12
+#: the columns of an empty seed-mean curve frame
+CURVE_COLUMNS = ["dataset", "strategy", "config_key", "epoch", "train_s", "test_error", "step"]
 
 RUN_COLUMNS = [
     "run_dir", "status", "dataset", "model", "strategy", "lr_schedule", "config_key", "seed",
@@ -357,7 +359,7 @@ def _grid_step(summary: dict[str, Any], config: Any) -> float | None:
     the run's training examples x the train_example weight); None for a run on the epoch grid, or
     when the record does not say enough to compute it."""
     setting = _train_config(config).get("eval_every_cost")
-    if setting is None or (setting == "epoch" and summary.get("n_train") is None):
+    if setting is None:
         return None
     try:
         step = eval_cost_step(setting, int(summary.get("n_train") or 0), _weights(config))
@@ -582,8 +584,7 @@ def seed_mean_curves(runset: RunSet) -> pd.DataFrame:
     """
     ev = runset.evals
     if ev.empty:
-        return pd.DataFrame(columns=["dataset", "strategy", "config_key", "epoch", "train_s",
-                                     "test_error", "step"])
+        return pd.DataFrame(columns=CURVE_COLUMNS)
     value_cols = [c for c in ("step", "train_s", "eval_s", "train_eval_s", "cost", "test_error",
                               "test_loss", "examples_forwarded", "examples_backpropped",
                               "selected_fraction", "selected_noisy_fraction") if c in ev.columns]
@@ -616,7 +617,6 @@ def seed_mean_curves(runset: RunSet) -> pd.DataFrame:
             mean.insert(0, c, first[c])
         pieces.append(mean)
     if not pieces:
-        return pd.DataFrame(columns=["dataset", "strategy", "config_key", "epoch", "train_s",
-                                     "test_error", "step"])
+        return pd.DataFrame(columns=CURVE_COLUMNS)
     out = pd.concat(pieces, ignore_index=True)
     return _sort_frame(out, ["config_key", "epoch"])
