@@ -14,7 +14,9 @@ thread.
 from __future__ import annotations
 
 import json
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
@@ -27,8 +29,6 @@ KERNELS = {"aten_cpu_capability": "DEFAULT", "mkl_cbwr": "COMPATIBLE", "mkldnn":
 
 def pin_kernels() -> dict:
     """Apply the in-process part of the pin and return the settings in effect (KERNELS when pinned)."""
-    import os
-
     torch.backends.mkldnn.enabled = False
     torch.backends.nnpack.set_flags(False)
     torch.set_num_threads(1)
@@ -44,14 +44,13 @@ def main(argv: list[str]) -> int:
         print(f"golden_worker: kernels not pinned ({in_effect}; wanted {KERNELS}): start it with "
               "test_golden.PORTABLE_ENV", file=sys.stderr)
         return 2
-    import tempfile
-
     from conftest import tiny_config
     from selective_backprop.data import build_data
     from selective_backprop.engine.trainer import Trainer
     from test_golden import BASE, CASES, untimed
 
-    bundle = build_data(tiny_config(Path(root), BASE).dataset, int(tiny_config(Path(root), BASE).seed))
+    base = tiny_config(Path(root), BASE)
+    bundle = build_data(base.dataset, int(base.seed))
     results = {}
     for case in cases or sorted(CASES):
         with tempfile.TemporaryDirectory() as tmp:
