@@ -34,7 +34,8 @@ def pin_kernels() -> dict:
     torch.set_num_threads(1)
     return {"aten_cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "mkl_cbwr": os.environ.get("MKL_CBWR"), "mkldnn": torch.backends.mkldnn.enabled,
-            "nnpack": bool(getattr(torch._C, "_get_nnpack_enabled", lambda: False)()), "threads": torch.get_num_threads()}
+            "nnpack": bool(getattr(torch._C, "_get_nnpack_enabled", lambda: False)()),
+            "threads": torch.get_num_threads()}
 
 
 def main(argv: list[str]) -> int:
