@@ -126,6 +126,27 @@ def test_frontier_markdown_and_csv(records):
     assert ",500.0,stale_sb,Stale-SB n=2,2,0.2," in csv[3]
 
 
+def test_frontier_plot_draws_intervals_as_bands_or_at_a_lone_budget_as_bars(records):
+    from matplotlib.collections import LineCollection, PolyCollection
+
+    from selective_backprop.analysis.frontier import plot_frontier
+
+    def drawn(df):
+        left, right = plot_frontier(df).axes
+        kinds = [[sum(isinstance(c, kind) for c in ax.collections) for kind in (PolyCollection, LineCollection)]
+                 for ax in (left, right)]
+        return kinds, right
+
+    df = frontier_table(load_runs(records))
+    # Traditional, SB and uniform at two budgets: bands; Stale-SB n=2 (2 seeds) only at 0.5: a bar
+    (left, right), _ = drawn(df)
+    assert left == [3, 1] and right == [2, 1]   # the right panel: differences from Traditional only
+    (left, right), ax = drawn(df[df["budget"] == 0.5])   # one budget: a bar per configuration
+    assert left == [0, 4] and right == [0, 3]
+    xs = sorted(float(line.get_xdata()[0]) for line in ax.get_lines() if len(line.get_xdata()) == 1)
+    assert len(xs) == 3 and len(set(xs)) == 3 and min(xs) < 0.5 < max(xs)   # dodged around the budget
+
+
 def test_frontier_script_writes_the_report(records, tmp_path):
     out = tmp_path / "report"
     proc = subprocess.run([sys.executable, str(REPO / "scripts" / "frontier.py"), str(records), "--out", str(out)],

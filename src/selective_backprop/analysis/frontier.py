@@ -199,9 +199,12 @@ def frontier_markdown(df: pd.DataFrame) -> str:
 
 
 def _band(ax, x: np.ndarray, low: np.ndarray, high: np.ndarray, color: str) -> None:
+    """The interval as a band over the budgets; at a lone budget (a band needs two) as a bar."""
     ok = ~(np.isnan(low) | np.isnan(high))
-    if ok.any():
+    if ok.sum() >= 2:
         ax.fill_between(x[ok], low[ok], high[ok], color=color, alpha=0.15, lw=0)
+    elif ok.any():
+        ax.vlines(x[ok], low[ok], high[ok], color=color, alpha=0.5, lw=3)
 
 
 def plot_frontier(df: pd.DataFrame) -> Figure:
@@ -215,6 +218,8 @@ def plot_frontier(df: pd.DataFrame) -> Figure:
     for ((point, schedule), g), (left, right) in zip(groups, axes):
         trad = g[g["strategy"] == TRADITIONAL].groupby("budget")["error"].mean()
         styles: dict[str, int] = {}
+        labels = list(dict.fromkeys(g["label"]))
+        lone = g["budget"].nunique() == 1  # one budget: dodge the configurations so their bars do not overlap
         for label, c in g.groupby("label", sort=False):
             c = c.sort_values("budget")
             strategy = str(c["strategy"].iloc[0])
@@ -222,6 +227,8 @@ def plot_frontier(df: pd.DataFrame) -> Figure:
             style = ("-", "--", ":")[min(styles.setdefault(strategy, 0), 2)]
             styles[strategy] += 1
             x = c["budget"].to_numpy(float)
+            if lone:
+                x = x + 0.004 * (labels.index(label) - (len(labels) - 1) / 2)
             y = 100 * c["error"].to_numpy(float)
             base = 100 * c["budget"].map(trad).to_numpy(float)
             if strategy == TRADITIONAL:
