@@ -218,9 +218,9 @@ def plot_frontier(df: pd.DataFrame) -> Figure:
     for ((point, schedule), g), (left, right) in zip(groups, axes):
         trad = g[g["strategy"] == TRADITIONAL].groupby("budget")["error"].mean()
         styles: dict[str, int] = {}
-        labels = list(dict.fromkeys(g["label"]))
+        n_labels = g["label"].nunique()
         lone = g["budget"].nunique() == 1  # one budget: dodge the configurations so their bars do not overlap
-        for label, c in g.groupby("label", sort=False):
+        for i, (label, c) in enumerate(g.groupby("label", sort=False)):
             c = c.sort_values("budget")
             strategy = str(c["strategy"].iloc[0])
             color = strategy_color(strategy)
@@ -228,7 +228,7 @@ def plot_frontier(df: pd.DataFrame) -> Figure:
             styles[strategy] += 1
             x = c["budget"].to_numpy(float)
             if lone:
-                x = x + 0.004 * (labels.index(label) - (len(labels) - 1) / 2)
+                x = x + 0.004 * (i - (n_labels - 1) / 2)
             y = 100 * c["error"].to_numpy(float)
             base = 100 * c["budget"].map(trad).to_numpy(float)
             if strategy == TRADITIONAL:
